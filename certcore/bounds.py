@@ -1,0 +1,80 @@
+"""Label-probability bounds from sampled label counts: Clopper-Pearson, SimuEM (Eq. 8) and Eq. 4 rounding.
+
+numpy/scipy only. Everything here takes the label counts n_1..n_c of n ablated samples and returns float bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from fractions import Fraction
+from math import comb
+
+import numpy as np
+from scipy.stats import beta
+
+from certcore.validation import check_alpha, check_counts, check_d_e, check_probability
+
+
+def clopper_pearson_lower(counts: np.ndarray, n: int, level: float) -> np.ndarray:
+    """One-sided Clopper-Pearson lower bounds ``B(level; n_j, n - n_j + 1)``; exactly 0 where ``n_j = 0``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        q = beta.ppf(level, np.maximum(counts, 1), n - counts + 1)
+    return np.where(counts == 0, 0.0, q)
+
+
+def clopper_pearson_upper(counts: np.ndarray, n: int, level: float) -> np.ndarray:
+    """One-sided Clopper-Pearson upper bounds ``B(1 - level; n_j + 1, n - n_j)``; exactly 1 where ``n_j = n``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    with np.errstate(invalid="ignore"):
+        q = beta.ppf(1.0 - level, counts + 1, np.maximum(n - counts, 1))
+    return np.where(counts == n, 1.0, q)
+
+
+def simuem_bounds(counts: Sequence[int] | np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """SimuEM bounds of Eq. 8 (Jia et al. 2020): a lower and an upper bound for every one of the c labels.
+
+    Each bound is a one-sided Clopper-Pearson bound at level ``alpha / c``. For any label l fixed before sampling,
+    the lower bound of l together with the upper bounds of all other labels hold simultaneously with probability
+    at least ``1 - alpha`` (union bound over c events of probability alpha/c each).
+
+    >>> lo, up = simuem_bounds([10, 0], alpha=0.1)
+    >>> float(lo[1]), float(up[0])
+    (0.0, 1.0)
+    """
+    n_j = check_counts(counts)
+    check_alpha(alpha)
+    n, c = int(n_j.sum()), len(n_j)
+    level = alpha / c
+    return clopper_pearson_lower(n_j, n, level), clopper_pearson_upper(n_j, n, level)
+
+
+def grid_size(d: int, e: int) -> int:
+    """C(d, e): the number of equally likely ablations; every label probability is a multiple of 1/C(d, e)."""
+    check_d_e(d, e)
+    return comb(d, e)
+
+
+def round_lower_to_grid(p: float | Fraction, grid: int) -> int:
+    """Eq. 4 for a lower bound: ``ceil(p * C(d,e))``, computed exactly from the float's binary value."""
+    q = Fraction(p)
+    return -((-q.numerator * grid) // q.denominator)
+
+
+def round_upper_to_grid(p: float | Fraction, grid: int) -> int:
+    """Eq. 4 for an upper bound: ``floor(p * C(d,e))``, computed exactly from the float's binary value."""
+    q = Fraction(p)
+    return (q.numerator * grid) // q.denominator
+
+
+def rounded_bounds(
+    lower: Sequence[float] | np.ndarray, upper: Sequence[float] | np.ndarray, d: int, e: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eq. 4 applied to every label: lower bounds rounded up and upper bounds rounded down to multiples of 1/C(d,e).
+
+    Returned as floats for display; the exact integers behind them are what ``certified_radius`` uses.
+    """
+    grid = grid_size(d, e)
+    lo = [float(Fraction(round_lower_to_grid(check_probability(p, "lower"), grid), grid)) for p in lower]
+    up = [float(Fraction(round_upper_to_grid(check_probability(p, "upper"), grid), grid)) for p in upper]
+    return np.array(lo), np.array(up)

@@ -1,0 +1,14 @@
+"""The small exact examples in the math modules' docstrings are part of the specification."""
+
+import doctest
+
+import pytest
+
+import certcore.bounds
+import certcore.radius
+
+
+@pytest.mark.parametrize("module", [certcore.bounds, certcore.radius])
+def test_docstring_examples(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
