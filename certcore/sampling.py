@@ -1,0 +1,233 @@
+"""The expensive half of a certificate: label counts of a base classifier over n ablated copies of an image.
+
+One image is copied to the model's device once; every batch of keep masks is then drawn there in one shot
+from a ``torch.Generator`` seeded by the caller, encoded (``certcore.ablation``), classified and counted with
+``torch.bincount`` into a counts tensor that stays on the device until the end. No Python loop runs per
+sample and nothing is copied from the host per sample.
+
+Mask stream: on the CPU the masks depend on the seed only, not on the batch size (``torch.rand`` draws from
+the CPU generator sequentially and a mask is a function of its own row of keys), so a seeded run gives the
+same counts for every batch size (tested). On CUDA the generator's stream is laid out per kernel launch, so
+there the masks, hence the counts, depend on the seed *and* the batch size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from certcore.ablation import draw_keep_masks, encode_ablated
+from certcore.validation import check_d_e, check_int
+
+DEFAULT_BATCH_SIZE = 1000
+MAX_SEED = 2**64 - 1
+
+Progress = Callable[[int, int], bool | None]
+
+
+@dataclass(frozen=True, eq=False)
+class SamplingResult:
+    """Label counts of ``samples`` ablated copies of one image (``n`` requested) and how they were obtained.
+
+    ``partial`` is True only for the result carried by ``SamplingCancelled``; its ``counts`` sum to fewer
+    than ``n``. ``batch_size`` is the one used in the end (smaller than requested after a CUDA OOM).
+    """
+
+    counts: np.ndarray
+    n: int
+    batch_size: int
+    device: str
+    seconds: float
+    partial: bool = False
+
+    @property
+    def samples(self) -> int:
+        """Number of samples actually classified (``n`` unless ``partial``)."""
+        return int(self.counts.sum())
+
+    @property
+    def samples_per_second(self) -> float:
+        """Throughput of the whole call, set-up included."""
+        return self.samples / self.seconds if self.seconds > 0 else float("inf")
+
+
+class SamplingCancelled(Exception):
+    """Raised by ``sample_counts`` when ``progress`` returns False; ``result`` holds the partial counts."""
+
+    def __init__(self, result: SamplingResult) -> None:
+        super().__init__(f"sampling cancelled after {result.samples} of {result.n} samples")
+        self.result = result
+
+
+def check_image(image: object) -> torch.Tensor:
+    """An image as a float tensor (C, H, W) with every value in [0, 1]; ValueError otherwise."""
+    if not isinstance(image, torch.Tensor):
+        raise ValueError(f"image must be a torch.Tensor (C, H, W) in [0, 1], got {type(image).__name__}")
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise ValueError(f"image must have shape (C, H, W) with C, H, W >= 1, got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise ValueError(f"image must be a floating-point tensor with values in [0, 1], got {image.dtype}")
+    if not bool(((image >= 0) & (image <= 1)).all()):
+        raise ValueError("image values must lie in [0, 1] (found a value outside it, or NaN)")
+    return image
+
+
+def resolve_device(model: nn.Module, device: torch.device | str | None = None) -> torch.device:
+    """The device to sample on: ``device`` if given, else that of the model's parameters (CPU if none).
+
+    The model is never moved (that would change the caller's object): a ``device`` other than the one
+    holding the model's parameters is a ValueError.
+    """
+    tensor = next(itertools.chain(model.parameters(), model.buffers()), None)
+    model_device = tensor.device if tensor is not None else None
+    if device is None:
+        return model_device or torch.device("cpu")
+    wanted = torch.device(device)
+    if wanted.type == "cuda" and wanted.index is None:
+        wanted = torch.device("cuda", torch.cuda.current_device())
+    if model_device is not None and model_device != wanted:
+        raise ValueError(f"device is {wanted} but the model lives on {model_device}; move the model first")
+    return wanted
+
+
+def describe_device(device: torch.device) -> str:
+    """A device as recorded in results: ``cuda:0 (NVIDIA H100 ...)`` or ``cpu (AMD EPYC, 2 threads)``."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({_cpu_model()}, {torch.get_num_threads()} threads)"
+    return str(device)
+
+
+def _cpu_model() -> str:
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA (fp16 where bf16 is unsupported), nothing elsewhere. Untested here: no GPU."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def _logits(model: nn.Module, encoded: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    """The model's logits for a batch of encodings, fed channels_last (faster on CPU, bench/RESULTS.md)."""
+    with _autocast(encoded.device):
+        logits = model(encoded.contiguous(memory_format=torch.channels_last))
+    if logits.ndim != 2 or (num_classes is not None and logits.shape[1] != num_classes):
+        want = f"num_classes={num_classes}" if num_classes is not None else "num_classes"
+        raise ValueError(f"the model must return logits of shape (batch, {want}), got {tuple(logits.shape)}")
+    return logits
+
+
+def num_classes_of(model: nn.Module, image: torch.Tensor, device: torch.device | str | None = None) -> int:
+    """The number of classes c of ``model``, read from its logits for one fully ablated copy of ``image``."""
+    dev = resolve_device(model, device)
+    c, h, w = check_image(image).shape
+    with torch.inference_mode():
+        logits = _logits(model, torch.zeros(1, 2 * c, h, w, device=dev), None)
+    if logits.shape[1] < 2:
+        raise ValueError(f"the model must have at least 2 classes, got {logits.shape[1]}")
+    return int(logits.shape[1])
+
+
+def _count_labels(
+    model: nn.Module, image: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor, batch_size: int
+) -> int:
+    """Add the labels predicted for the encodings of ``keep`` to ``counts``, in chunks of ``batch_size``.
+
+    A CUDA out-of-memory error halves the chunk and retries the same masks (no sample is lost or drawn
+    twice); returns the chunk size that worked. The retry runs after the ``except`` block, once the failed
+    attempt's tensors are released.
+    """
+    start = 0
+    while start < len(keep):
+        part = keep[start : start + batch_size]
+        try:
+            logits = _logits(model, encode_ablated(image.expand(len(part), -1, -1, -1), part), len(counts))
+        except torch.OutOfMemoryError:
+            if batch_size == 1:
+                raise
+            batch_size //= 2
+            continue
+        counts += torch.bincount(logits.argmax(dim=1), minlength=len(counts))
+        start += len(part)
+    return batch_size
+
+
+def sample_counts(
+    model: nn.Module,
+    image: torch.Tensor,
+    e: int,
+    n: int,
+    *,
+    seed: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: torch.device | str | None = None,
+    num_classes: int | None = None,
+    progress: Progress | None = None,
+) -> SamplingResult:
+    """Counts n_1..n_c of the labels ``model`` predicts for ``n`` ablations of ``image`` keeping ``e`` pixels.
+
+    ``model`` maps the 2C-channel encoding (B, 2C, H, W) to logits (B, c) and must be in eval mode: the
+    theory needs a deterministic base classifier (a BatchNorm in training mode makes a sample's label depend
+    on its batch). ``image`` is (C, H, W) in [0, 1]; d = H * W. ``device`` defaults to the model's;
+    ``num_classes`` (c) is read from the model when not given. Runs under ``torch.inference_mode``, on CUDA
+    also under bf16/fp16 autocast (that path is untested: no GPU was available when it was written).
+    Encodings are fed channels_last, measured faster on CPU (bench/RESULTS.md). Threads: the caller's
+    ``torch.set_num_threads`` is respected.
+
+    ``progress(done, n)`` is called after every batch with increasing ``done`` ending at ``n``; returning
+    False (None does not count) before the end raises ``SamplingCancelled`` carrying the partial counts.
+    Same seed and device -> identical counts; the module docstring says when the batch size matters.
+    """
+    started = time.perf_counter()
+    dev = resolve_device(model, device)
+    image = check_image(image)
+    _, height, width = image.shape
+    _, e = check_d_e(height * width, e)
+    n = check_int(n, "n", 1)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed", 0, MAX_SEED)
+    if model.training:
+        raise ValueError("model must be in eval mode (model.eval()): the base classifier must be deterministic")
+    c = num_classes_of(model, image, dev) if num_classes is None else check_int(num_classes, "num_classes", 2)
+
+    x = image.to(dev, torch.float32).unsqueeze(0)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    counts = torch.zeros(c, dtype=torch.int64, device=dev)
+    done = 0
+
+    def result(partial: bool) -> SamplingResult:
+        return SamplingResult(
+            counts=counts.cpu().numpy(),
+            n=n,
+            batch_size=batch_size,
+            device=describe_device(dev),
+            seconds=time.perf_counter() - started,
+            partial=partial,
+        )
+
+    with torch.inference_mode():
+        while done < n:
+            keep = draw_keep_masks(min(batch_size, n - done), height, width, e, generator, dev)
+            batch_size = _count_labels(model, x, keep, counts, batch_size)
+            done += len(keep)
+            if progress is not None and progress(done, n) is False and done < n:
+                raise SamplingCancelled(result(partial=True))
+        return result(partial=False)
