@@ -1,0 +1,229 @@
+"""Certificates: l0 radii of the top-k labels of the smoothed classifier at one image (Jia et al. 2022).
+
+``certify`` = ``sample_counts`` (the expensive half, torch) + ``certificate_from_counts`` (the cheap half, pure):
+one code path, so stored counts re-certify for any k or alpha instantly and exactly as a fresh run would.
+
+Statistical rule (one set of n samples, no separate selection sample):
+
+* A label fixed before sampling (the true label, as in the paper's certified accuracy): its SimuEM bounds
+  (Eq. 8: its lower bound and every other label's upper bound, each one-sided at alpha/c) hold together with
+  probability >= 1 - alpha, so its certificate holds with probability >= ``confidence_fixed_label`` = 1 - alpha.
+* Labels selected from the counts (the top-k shown for an image): all 2c one-sided bounds (each at alpha/c) hold
+  simultaneously with probability >= 1 - 2 alpha (union bound), and on that event the certificate of *every*
+  label holds, whichever labels the data selected. Their radii therefore hold with probability
+  >= ``confidence_selected_labels`` = 1 - 2 alpha.
+
+Cohen et al. split off n0 samples to select the label because their bound covers one label; here the union bound
+over all 2c bounds already covers any selection, so no samples are spent on selection and none are wasted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from certcore.bounds import rounded_bounds, simuem_bounds
+from certcore.radius import certified_radius, levine_feizi_radius, radius_limit
+from certcore.sampling import (
+    DEFAULT_BATCH_SIZE,
+    Progress,
+    check_image,
+    num_classes_of,
+    sample_counts,
+)
+from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_label
+
+
+@dataclass(frozen=True)
+class LabelRadius:
+    """The certified l0 radius of one label in the top-k (-1: not certified, d: trivially in the top-k) and
+    the Theorem 2 limit no certificate from the same bounds can exceed (None where Theorem 2 does not apply)."""
+
+    label: int
+    radius: int
+    radius_limit: int | None
+
+
+@dataclass(frozen=True)
+class SamplingRun:
+    """How the counts of a certificate were sampled (absent for certificates built from stored counts)."""
+
+    seed: int
+    device: str
+    batch_size: int
+    seconds: float
+    samples_per_second: float
+    torch_version: str
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """Everything a certification of one image produced; see the module docstring for the two confidences.
+
+    ``lower``/``upper`` are the SimuEM bounds (Eq. 8) of every label, ``lower_rounded``/``upper_rounded`` the
+    same after Eq. 4. ``top_k`` are the k labels with the largest counts (ties: smaller label first), the
+    smoothed classifier's prediction. ``radii`` holds a ``LabelRadius`` for each of them in that order, then
+    for ``label`` (the true label, when given) if it is not among them. ``levine_feizi_radius`` is Levine &
+    Feizi's top-1 radius of ``top_k[0]`` from the same counts, for comparison.
+    """
+
+    d: int
+    e: int
+    k: int
+    n: int
+    alpha: float
+    counts: tuple[int, ...]
+    lower: tuple[float, ...]
+    upper: tuple[float, ...]
+    lower_rounded: tuple[float, ...]
+    upper_rounded: tuple[float, ...]
+    top_k: tuple[int, ...]
+    radii: tuple[LabelRadius, ...]
+    levine_feizi_radius: int
+    confidence_fixed_label: float
+    confidence_selected_labels: float
+    certcore_version: str
+    label: int | None = None
+    run: SamplingRun | None = None
+
+    def radius_of(self, label: int) -> int:
+        """The certified radius of ``label``; KeyError if it was not certified (not in top-k nor the label)."""
+        for entry in self.radii:
+            if entry.label == label:
+                return entry.radius
+        raise KeyError(f"label {label} is neither in the top-{self.k} {list(self.top_k)} nor the true label")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of plain ints, floats, strings, lists and None (``from_dict`` inverts it)."""
+        data = dataclasses.asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Certificate:
+        """The certificate ``to_dict`` produced ``data`` from."""
+        fields = {key: tuple(value) if isinstance(value, list) else value for key, value in data.items()}
+        fields["radii"] = tuple(LabelRadius(**entry) for entry in data["radii"])
+        fields["run"] = SamplingRun(**data["run"]) if data.get("run") is not None else None
+        return cls(**fields)
+
+
+def _certcore_version() -> str:
+    from certcore import __version__  # at call time: certcore/__init__ may import this module
+
+    return __version__
+
+
+def top_k_labels(counts: Sequence[int] | np.ndarray, k: int) -> tuple[int, ...]:
+    """The k labels with the largest counts, largest first; equal counts: the smaller label first."""
+    order = np.argsort(-np.asarray(counts, dtype=np.int64), kind="stable")
+    return tuple(int(label) for label in order[:k])
+
+
+def certificate_from_counts(
+    counts: Sequence[int] | np.ndarray,
+    *,
+    d: int,
+    e: int,
+    k: int,
+    alpha: float,
+    label: int | None = None,
+    run: SamplingRun | None = None,
+) -> Certificate:
+    """The certificate of an image from its label counts alone (no model): bounds, top-k and their radii.
+
+    ``d`` pixels, ``e`` kept per ablation, top-``k`` with 1 <= k < c, ``alpha`` in (0, 1), ``label`` the
+    true label if known (certified even when outside the top-k). ``run`` is attached as given.
+    """
+    n_j = check_counts(counts)
+    c = len(n_j)
+    d, e = check_d_e(d, e)
+    k = check_int(k, "k", 1, c - 1)
+    alpha = check_alpha(alpha)
+    label = None if label is None else check_label(label, c)
+
+    lower, upper = simuem_bounds(n_j, alpha)
+    lower_rounded, upper_rounded = rounded_bounds(lower, upper, d, e)
+    top_k = top_k_labels(n_j, k)
+    reported = top_k if label is None or label in top_k else (*top_k, label)
+
+    def label_radius(j: int) -> LabelRadius:
+        p_lower, p_uppers = float(lower[j]), np.delete(upper, j)
+        return LabelRadius(
+            label=j,
+            radius=certified_radius(p_lower, p_uppers, d, e, k),
+            radius_limit=radius_limit(p_lower, p_uppers, d, e, k),
+        )
+
+    return Certificate(
+        d=d,
+        e=e,
+        k=k,
+        n=int(n_j.sum()),
+        alpha=alpha,
+        counts=tuple(int(x) for x in n_j),
+        lower=tuple(float(x) for x in lower),
+        upper=tuple(float(x) for x in upper),
+        lower_rounded=tuple(float(x) for x in lower_rounded),
+        upper_rounded=tuple(float(x) for x in upper_rounded),
+        top_k=top_k,
+        radii=tuple(label_radius(j) for j in reported),
+        levine_feizi_radius=levine_feizi_radius(n_j, top_k[0], d, e, alpha),
+        confidence_fixed_label=1.0 - alpha,
+        confidence_selected_labels=max(0.0, 1.0 - 2.0 * alpha),
+        certcore_version=_certcore_version(),
+        label=label,
+        run=run,
+    )
+
+
+def certify(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    e: int,
+    k: int,
+    n: int,
+    alpha: float,
+    seed: int,
+    label: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    device: torch.device | str | None = None,
+    num_classes: int | None = None,
+    progress: Progress | None = None,
+    checkpoint: str | None = None,
+) -> Certificate:
+    """Certify the top-k predictions of the smoothed ``model`` at ``image`` (C, H, W in [0, 1]) from n samples.
+
+    ``sample_counts`` then ``certificate_from_counts`` (see both, and the module docstring for the guarantee:
+    the true ``label`` is certified with probability >= 1 - alpha, the data-selected top-k with >= 1 - 2 alpha).
+    All parameters are validated before any sampling (c is read from the model unless ``num_classes`` is
+    given). ``checkpoint`` (a hash or name of the weights) is recorded in the certificate's ``run``.
+    """
+    _, height, width = check_image(image).shape
+    check_d_e(height * width, e)
+    check_int(n, "n", 1)
+    check_alpha(alpha)
+    classes = num_classes_of(model, image, device) if num_classes is None else check_int(num_classes, "num_classes", 2)
+    check_int(k, "k", 1, classes - 1)
+    if label is not None:
+        check_label(label, classes)
+    sampled = sample_counts(
+        model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=classes, progress=progress
+    )
+    run = SamplingRun(
+        seed=seed,
+        device=sampled.device,
+        batch_size=sampled.batch_size,
+        seconds=sampled.seconds,
+        samples_per_second=sampled.samples_per_second,
+        torch_version=torch.__version__,
+        checkpoint=checkpoint,
+    )
+    return certificate_from_counts(sampled.counts, d=height * width, e=e, k=k, alpha=alpha, label=label, run=run)
