@@ -1,0 +1,130 @@
+"""sample_counts: counts, seeding, progress and cancellation, OOM fallback, validation; tiny exact classifiers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import binomtest
+from torch import nn
+
+from certcore.sampling import SamplingCancelled, num_classes_of, sample_counts
+from tests.tiny_models import (
+    ConstantClassifier,
+    KeptInFirstRowClassifier,
+    OutOfMemoryAbove,
+    PixelKeptClassifier,
+)
+
+H, W, E = 8, 8, 10
+IMAGE = torch.rand(3, H, W, generator=torch.Generator().manual_seed(0))
+
+
+def row_model() -> nn.Module:
+    return KeptInFirstRowClassifier().eval()
+
+
+def test_counts_are_int64_per_class_and_sum_to_n() -> None:
+    result = sample_counts(row_model(), IMAGE, E, 1003, seed=0, batch_size=100)
+    assert result.counts.dtype == np.int64 and result.counts.shape == (10,)
+    assert result.counts.sum() == result.samples == result.n == 1003
+    assert result.batch_size == 100 and not result.partial
+    assert result.device.startswith("cpu (") and result.seconds > 0 and result.samples_per_second > 0
+
+
+def test_constant_classifier_gets_every_vote() -> None:
+    result = sample_counts(ConstantClassifier(3).eval(), IMAGE, E, 700, seed=1, batch_size=256)
+    assert result.counts.tolist() == [0, 0, 0, 700, 0, 0, 0, 0, 0, 0]
+
+
+def test_same_seed_same_counts_other_seed_other_counts() -> None:
+    first = sample_counts(row_model(), IMAGE, E, 2000, seed=5, batch_size=300)
+    again = sample_counts(row_model(), IMAGE, E, 2000, seed=5, batch_size=300)
+    other = sample_counts(row_model(), IMAGE, E, 2000, seed=6, batch_size=300)
+    assert np.array_equal(first.counts, again.counts)
+    assert not np.array_equal(first.counts, other.counts)
+
+
+def test_counts_do_not_depend_on_batch_size_on_cpu() -> None:
+    small = sample_counts(row_model(), IMAGE, E, 2000, seed=7, batch_size=7)
+    large = sample_counts(row_model(), IMAGE, E, 2000, seed=7, batch_size=2000)
+    assert np.array_equal(small.counts, large.counts)
+
+
+@pytest.mark.parametrize(("height", "width", "e", "pixel"), [(8, 8, 10, (2, 5)), (32, 32, 50, (31, 0))])
+def test_a_pixel_is_kept_in_a_fraction_e_over_d_of_the_samples(
+    height: int, width: int, e: int, pixel: tuple[int, int]
+) -> None:
+    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(1))
+    n = 20_000
+    result = sample_counts(PixelKeptClassifier(*pixel).eval(), image, e, n, seed=11, batch_size=5000)
+    kept = int(result.counts[1])
+    assert kept + int(result.counts[0]) == n
+    assert binomtest(kept, n, e / (height * width)).pvalue > 0.001
+
+
+def test_progress_reports_every_batch_up_to_n() -> None:
+    calls: list[tuple[int, int]] = []
+    sample_counts(row_model(), IMAGE, E, 1050, seed=0, batch_size=200, progress=lambda done, n: calls.append((done, n)))
+    assert calls == [(200, 1050), (400, 1050), (600, 1050), (800, 1050), (1000, 1050), (1050, 1050)]
+
+
+def test_progress_returning_false_cancels_with_the_partial_counts() -> None:
+    with pytest.raises(SamplingCancelled, match="after 300 of 1000") as cancelled:
+        sample_counts(row_model(), IMAGE, E, 1000, seed=2, batch_size=100, progress=lambda done, n: done < 300)
+    partial = cancelled.value.result
+    assert partial.partial and partial.n == 1000 and partial.samples == 300
+    assert np.array_equal(partial.counts, sample_counts(row_model(), IMAGE, E, 300, seed=2).counts)
+
+
+def test_progress_returning_false_after_the_last_batch_returns_the_full_result() -> None:
+    result = sample_counts(row_model(), IMAGE, E, 400, seed=2, batch_size=100, progress=lambda done, n: done < n)
+    assert result.samples == 400 and not result.partial
+
+
+def test_out_of_memory_halves_the_batch_and_loses_no_sample() -> None:
+    model = OutOfMemoryAbove(KeptInFirstRowClassifier(), limit=64).eval()
+    result = sample_counts(model, IMAGE, E, 1000, seed=3, batch_size=256, num_classes=10)
+    assert result.batch_size == 64
+    assert np.array_equal(result.counts, sample_counts(row_model(), IMAGE, E, 1000, seed=3).counts)
+
+
+def test_out_of_memory_at_batch_size_one_is_raised() -> None:
+    model = OutOfMemoryAbove(KeptInFirstRowClassifier(), limit=0).eval()
+    with pytest.raises(torch.OutOfMemoryError):
+        sample_counts(model, IMAGE, E, 10, seed=3, batch_size=4, num_classes=10)
+
+
+def test_number_of_classes_is_read_from_the_model() -> None:
+    assert num_classes_of(ConstantClassifier(0, num_classes=7), IMAGE) == 7
+    assert sample_counts(ConstantClassifier(0, num_classes=7).eval(), IMAGE, E, 10, seed=0).counts.shape == (7,)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"e": 0}, r"e must be an integer \[1, 64\]"),
+        ({"e": 65}, r"e must be an integer \[1, 64\]"),
+        ({"n": 0}, r"n must be an integer >= 1"),
+        ({"batch_size": 0}, r"batch_size must be an integer >= 1"),
+        ({"seed": -1}, r"seed must be an integer \[0, "),
+        ({"image": torch.rand(H, W)}, r"image must have shape \(C, H, W\)"),
+        ({"image": torch.ones(3, H, W, dtype=torch.uint8)}, r"image must be a floating-point tensor"),
+        ({"image": IMAGE + 1.0}, r"image values must lie in \[0, 1\]"),
+        ({"image": torch.full((3, H, W), float("nan"))}, r"image values must lie in \[0, 1\]"),
+        ({"image": IMAGE.numpy()}, r"image must be a torch.Tensor"),
+        ({"num_classes": 5}, r"logits of shape \(batch, num_classes=5\)"),
+        ({"num_classes": 1}, r"num_classes must be an integer >= 2"),
+        ({"device": "meta"}, r"device is meta but the model lives on cpu"),
+    ],
+)
+def test_invalid_parameters_are_refused_with_their_name_and_range(changes: dict, message: str) -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6 * H * W, 10)).eval()
+    args = {"image": IMAGE, "e": E, "n": 10, "seed": 0, **changes}
+    with pytest.raises(ValueError, match=message):
+        sample_counts(model, args.pop("image"), args.pop("e"), args.pop("n"), **args)
+
+
+def test_a_model_in_training_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="eval mode"):
+        sample_counts(KeptInFirstRowClassifier().train(), IMAGE, E, 10, seed=0)
