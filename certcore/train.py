@@ -1,0 +1,556 @@
+"""Train a randomized-ablation base classifier: ``python -m certcore.train --dataset cifar10 --arch resnet20 --e 50``.
+
+Every training image gets a fresh random ablation (keep ``e`` pixels) at every step, drawn per image by
+``certcore.ablation.ablate`` from a seeded generator. The reference code of Levine & Feizi draws one mask per
+minibatch; independent masks per image give training the same input distribution as certification (where each
+ablation is independent), many more distinct masks per step, and therefore lower-variance gradients.
+
+Resumable state (weights, optimizer, scheduler, position, and the RNG states of torch, numpy, python, the
+augmentation and the ablation generators; the data order is a function of seed and epoch) is written atomically
+after every epoch and every ``--save-every-steps`` steps; ``--resume`` continues bit-identically. Per-epoch
+accuracy is measured on a held-out split of the training set; the project's 500 evaluation images are only used
+for the final, reported accuracy. Multi-process training works under ``torchrun`` (DDP, gloo on CPU, nccl on CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
+
+from certcore.ablation import ablate
+from certcore.checkpoints import atomic_torch_save, save_checkpoint
+from certcore.data import (
+    ImageSet,
+    cifar10_offline,
+    cifar10_torchvision,
+    evaluation_indices,
+    imagenet_folder,
+    shared_data_dir,
+)
+from certcore.models import IMAGENET_MEAN, IMAGENET_STD, build_model, init_from_clean_cifar
+
+ENCODING = "levine-feizi-2c"
+CLEAN_INITS = {
+    "clean-resnet20": ("resnet20", "resnet20-12fca82f.th"),
+    "clean-resnet56": ("resnet56", "resnet56-4bfd9763.th"),
+}
+EVAL_SEED = 20220425
+CONFIG_KEYS = (
+    "dataset",
+    "arch",
+    "e",
+    "epochs",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "seed",
+    "init",
+    "val_size",
+    "data_root",
+    "world_size",
+)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options (see ``--help``)."""
+    p = argparse.ArgumentParser(prog="python -m certcore.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10")
+    p.add_argument("--arch", default="resnet20", help="resnet20, resnet56, resnet110 (CIFAR) or resnet50 (ImageNet)")
+    p.add_argument("--e", type=int, required=True, help="pixels kept per ablation")
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--batch-size", type=int, default=128, help="global batch (split across DDP processes)")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay per step)")
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", choices=(*CLEAN_INITS, "none"), default="none")
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="torchvision CIFAR-10 root or ImageNet ImageFolder root; cifar10 without it: shared npz files",
+    )
+    p.add_argument(
+        "--shared-data", default=None, help="offline data folder (default: CERTCORE_SHARED_DATA or ../shared/data)"
+    )
+    p.add_argument("--train-limit", type=int, default=0, help="use only the first N training images (0 = all; tests)")
+    p.add_argument("--val-size", type=int, default=5000, help="held-out images at the end of the training set")
+    p.add_argument("--eval-repeats", type=int, default=10, help="ablations per image in the final accuracy")
+    p.add_argument("--out", required=True, help="final checkpoint path (e.g. checkpoints/NAME.pt)")
+    p.add_argument("--state", required=True, help="resumable training state path (e.g. runs/NAME/state.pt)")
+    p.add_argument("--state-copy", default=None, help="second copy of the state (e.g. checkpoints/state/NAME.state.pt)")
+    p.add_argument("--resume", action="store_true", help="continue from --state (or --state-copy if --state is absent)")
+    p.add_argument("--save-every-steps", type=int, default=0, help="also save state every N steps (0 = epochs only)")
+    p.add_argument("--stop-after-steps", type=int, default=0, help="exit without saving after N steps (kill test)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers for ImageFolder data")
+    return p.parse_args(argv)
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Process placement: rank and world size (1 without torchrun) and the device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Pick the device; under torchrun (WORLD_SIZE > 1) join the process group (nccl on CUDA, gloo on CPU)."""
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but CUDA is not available")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(dev)
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank, world, dev)
+
+
+def log(d: Dist, msg: str) -> None:
+    if d.main:
+        print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainData:
+    """Training and validation data: in-memory ImageSets (CIFAR) or ImageFolder datasets (ImageNet)."""
+
+    train: Any
+    val: Any
+    evaluation: ImageSet | None
+    class_names: list[str]
+    source: str
+
+
+def load_data(args: argparse.Namespace) -> TrainData:
+    """Training set minus its last ``val_size`` images, the held-out split, and the 500-image evaluation set."""
+    shared = Path(args.shared_data) if args.shared_data else shared_data_dir()
+    if args.dataset == "cifar10":
+        if args.data_root:
+            full, test = cifar10_torchvision(args.data_root, True), cifar10_torchvision(args.data_root, False)
+        else:
+            full, test = cifar10_offline(shared, "train"), cifar10_offline(shared, "test-lossless")
+        if args.train_limit:
+            full = full.subset(range(min(args.train_limit, len(full))), full.source + f"[:{args.train_limit}]")
+        n_train = len(full) - args.val_size
+        if n_train < 1 or args.val_size < 1:
+            raise SystemExit(f"--val-size {args.val_size} leaves no training or validation images of {len(full)}")
+        evaluation = test.subset(evaluation_indices(), test.source + ":even-0..998") if len(test) >= 1000 else None
+        return TrainData(
+            full.subset(range(n_train), full.source + f"[:{n_train}]"),
+            full.subset(range(n_train, len(full)), full.source + f"[{n_train}:]"),
+            evaluation,
+            full.class_names,
+            full.source,
+        )
+    if not args.data_root:
+        raise SystemExit("--data-root (an ImageFolder root) is required for --dataset imagenet")
+    train_set, names = imagenet_folder(args.data_root, train=True)
+    eval_set, _ = imagenet_folder(args.data_root, train=False)
+    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(args.seed)).tolist()
+    n_train = len(order) - args.val_size
+    if n_train < 1 or args.val_size < 1:
+        raise SystemExit(f"--val-size {args.val_size} leaves no training or validation images of {len(order)}")
+    return TrainData(
+        torch.utils.data.Subset(train_set, order[:n_train]),
+        torch.utils.data.Subset(eval_set, order[n_train:]),
+        None,
+        names,
+        f"imagefolder:{args.data_root}",
+    )
+
+
+def random_crop_flip(x: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Per-image random crop (zero padding ``pad``, same output size) and horizontal flip of a batch (B, C, H, W)."""
+    b, _, h, w = x.shape
+    dev = x.device
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=generator, device=dev)
+    flip = torch.rand(b, generator=generator, device=dev) < 0.5
+    rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]
+    cols = dx[:, None] + torch.arange(w, device=dev)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, :]
+    out = padded[torch.arange(b, device=dev)[:, None, None], :, rows, cols]  # (B, H, W, C)
+    return out.permute(0, 3, 1, 2)
+
+
+def batches_for_epoch(sampler: DistributedSampler, epoch: int, per_rank_batch: int) -> list[list[int]]:
+    """This rank's full minibatches of ``epoch`` (the order depends only on the sampler seed and the epoch)."""
+    sampler.set_epoch(epoch)
+    order = list(sampler)
+    return [order[i : i + per_rank_batch] for i in range(0, len(order) - per_rank_batch + 1, per_rank_batch)]
+
+
+def iterate_batches(data: Any, batches: list[list[int]], args: argparse.Namespace, d: Dist, aug: torch.Generator):
+    """Yield (images float in [0,1] on the device, labels) for each index list, with training augmentation."""
+    if isinstance(data, ImageSet):
+        for idx in batches:
+            i = torch.tensor(idx)
+            x = random_crop_flip(data.images[i].to(d.device), 4, aug)
+            yield x.float().div_(255), data.labels[i].to(d.device)
+        return
+    loader = DataLoader(data, batch_sampler=batches, num_workers=args.workers, pin_memory=d.device.type == "cuda")
+    for x, y in loader:
+        yield x.to(d.device, non_blocking=True), y.to(d.device, non_blocking=True)
+
+
+def iterate_eval(data: Any, d: Dist, batch: int):
+    """Yield (images, labels) of this rank's shard of an evaluation set, no augmentation."""
+    shard = list(range(d.rank, len(data), d.world))
+    if isinstance(data, ImageSet):
+        for s in range(0, len(shard), batch):
+            i = torch.tensor(shard[s : s + batch])
+            yield data.images[i].to(d.device).float().div_(255), data.labels[i].to(d.device)
+        return
+    loader = DataLoader(torch.utils.data.Subset(data, shard), batch_size=batch, num_workers=0)
+    for x, y in loader:
+        yield x.to(d.device), y.to(d.device)
+
+
+@torch.inference_mode()
+def ablated_accuracy(model: nn.Module, data: Any, e: int, repeats: int, d: Dist, batch: int = 500) -> float:
+    """Fraction of (image, ablation) pairs classified correctly; ``repeats`` independent ablations per image."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=d.device).manual_seed(EVAL_SEED + d.rank)
+    counts = torch.zeros(2, dtype=torch.float64, device=d.device)
+    for x, y in iterate_eval(data, d, batch):
+        for _ in range(repeats):
+            enc = ablate(x, e, gen).contiguous(memory_format=torch.channels_last)
+            counts[0] += (model(enc).argmax(1) == y).sum()
+            counts[1] += len(y)
+    if d.world > 1:
+        dist.all_reduce(counts)
+    model.train(was_training)
+    return float(counts[0] / counts[1])
+
+
+# ------------------------------------------------------------------------------------------ state / RNG
+
+
+def rng_snapshot() -> dict[str, Any]:
+    """Global RNG states of torch (CPU and CUDA), numpy and python, in a weights_only-loadable form."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, py_state, py_gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": [version, list(py_state), py_gauss],
+    }
+
+
+def rng_restore(snap: dict[str, Any]) -> None:
+    """Inverse of ``rng_snapshot``."""
+    torch.set_rng_state(snap["torch"])
+    if snap["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(snap["cuda"])
+    kind, keys, pos, has_gauss, gauss = snap["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, py_state, py_gauss = snap["python"]
+    random.setstate((version, tuple(py_state), py_gauss))
+
+
+def run_config(args: argparse.Namespace, d: Dist) -> dict[str, Any]:
+    """The options a resumed run must share with the run that wrote the state."""
+    cfg = {k: getattr(args, k) for k in CONFIG_KEYS if k != "world_size"}
+    return {**cfg, "train_limit": args.train_limit, "world_size": d.world}
+
+
+def save_state(
+    path_list: list[str],
+    core: nn.Module,
+    opt,
+    sched,
+    pos: dict[str, Any],
+    gens: list[torch.Generator],
+    history: list[dict],
+    config: dict[str, Any],
+    d: Dist,
+) -> None:
+    """Gather every rank's generator states and write the training state atomically (rank 0) to each path."""
+    local = [g.get_state() for g in gens]
+    all_gens = [local]
+    if d.world > 1:
+        all_gens = [None] * d.world
+        dist.all_gather_object(all_gens, local)
+    if d.main:
+        state = {
+            "config": json.dumps(config, sort_keys=True),
+            "model": core.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "position": pos,
+            "rng": rng_snapshot(),
+            "generators": all_gens,
+            "history": json.dumps(history),
+        }
+        for p in path_list:
+            atomic_torch_save(state, p)
+    if d.world > 1:
+        dist.barrier()
+
+
+def load_state(args: argparse.Namespace) -> dict[str, Any]:
+    """Read the resumable state from --state, or from --state-copy when --state does not exist."""
+    for p in (args.state, args.state_copy):
+        if p and Path(p).is_file():
+            return torch.load(p, map_location="cpu", weights_only=True)
+    raise SystemExit(f"--resume: neither {args.state!r} nor {args.state_copy!r} exists")
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def build(args: argparse.Namespace, num_classes: int, d: Dist) -> nn.Module:
+    """The model, initialised as requested, on the device (channels_last)."""
+    model = build_model(args.arch, num_classes)
+    if args.init != "none":
+        arch, file = CLEAN_INITS[args.init]
+        if arch != args.arch:
+            raise SystemExit(f"--init {args.init} needs --arch {arch}, got {args.arch}")
+        shared = Path(args.shared_data) if args.shared_data else shared_data_dir()
+        init_from_clean_cifar(model, shared / "checkpoints" / file)
+    return model.to(d.device, memory_format=torch.channels_last)
+
+
+def fmt_time(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    """Train (or resume), evaluate and write the checkpoint; returns its metadata (None if stopped early)."""
+    args = parse_args(argv)
+    d = setup_distributed(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.batch_size % d.world:
+        raise SystemExit(f"--batch-size {args.batch_size} is not divisible by the {d.world} processes")
+    per_rank = args.batch_size // d.world
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    random.seed(args.seed)
+    config = run_config(args, d)
+
+    data = load_data(args)
+    log(
+        d,
+        f"data: {data.source}: {len(data.train)} train, {len(data.val)} held-out val"
+        + (f", {len(data.evaluation)} evaluation" if data.evaluation else ""),
+    )
+    model = build(args, len(data.class_names), d)
+    core = model
+    if d.world > 1:
+        model = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    sampler = DistributedSampler(data.train, num_replicas=d.world, rank=d.rank, shuffle=True, seed=args.seed)
+    steps_per_epoch = len(sampler) // per_rank
+    if steps_per_epoch < 1:
+        raise SystemExit(f"fewer training images per process ({len(sampler)}) than the batch ({per_rank})")
+    total_steps = steps_per_epoch * args.epochs
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    aug = torch.Generator(device=d.device).manual_seed(args.seed * 1000 + 2 * d.rank)
+    abl = torch.Generator(device=d.device).manual_seed(args.seed * 1000 + 2 * d.rank + 1)
+    history: list[dict[str, Any]] = []
+    epoch, step_in_epoch, global_step, elapsed = 0, 0, 0, 0.0
+
+    if args.resume:
+        st = load_state(args)
+        saved = json.loads(st["config"])
+        diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+        if diff:
+            raise SystemExit(f"--resume: options differ from the saved run (saved, now): {diff}")
+        core.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        rng_restore(st["rng"])
+        aug.set_state(st["generators"][d.rank][0])
+        abl.set_state(st["generators"][d.rank][1])
+        history = json.loads(st["history"])
+        pos = st["position"]
+        epoch, step_in_epoch, global_step, elapsed = (
+            pos["epoch"],
+            pos["step_in_epoch"],
+            pos["global_step"],
+            pos["elapsed_s"],
+        )
+        log(d, f"resumed at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch} (global step {global_step})")
+
+    state_paths = [p for p in (args.state, args.state_copy) if p]
+    log(
+        d,
+        f"training {args.arch} e={args.e} on {d.device} x{d.world}, {torch.get_num_threads()} threads, "
+        f"{args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}",
+    )
+    session_start, session_steps = time.time(), 0
+    model.train()
+    while epoch < args.epochs:
+        batches = batches_for_epoch(sampler, epoch, per_rank)[:steps_per_epoch]
+        window = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+        t_window = time.time()
+        for b, (x, y) in enumerate(
+            iterate_batches(data.train, batches[step_in_epoch:], args, d, aug), start=step_in_epoch
+        ):
+            enc = ablate(x, args.e, abl).contiguous(memory_format=torch.channels_last)
+            logits = model(enc)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            global_step += 1
+            session_steps += 1
+            window += torch.tensor(
+                [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
+            )
+            if args.stop_after_steps and global_step >= args.stop_after_steps:
+                log(d, f"stopping after {global_step} steps without saving (--stop-after-steps)")
+                return None
+            now = time.time()
+            if (b + 1) % args.log_every == 0 or b + 1 == steps_per_epoch:
+                ips = window[2].item() * d.world / max(now - t_window, 1e-9)
+                eta = (now - session_start) / session_steps * (total_steps - global_step)
+                log(
+                    d,
+                    f"epoch {epoch + 1}/{args.epochs} step {b + 1}/{steps_per_epoch} "
+                    f"loss {window[0].item() / window[2].item():.4f} acc {window[1].item() / window[2].item():.4f} "
+                    f"lr {sched.get_last_lr()[0]:.5f} {ips:.0f} img/s ETA {fmt_time(eta)}",
+                )
+                window.zero_()
+                t_window = now
+            if args.save_every_steps and global_step % args.save_every_steps == 0 and b + 1 < steps_per_epoch:
+                pos = {
+                    "epoch": epoch,
+                    "step_in_epoch": b + 1,
+                    "global_step": global_step,
+                    "elapsed_s": elapsed + now - session_start,
+                }
+                save_state(state_paths, core, opt, sched, pos, [aug, abl], history, config, d)
+        val_acc = ablated_accuracy(core, data.val, args.e, 1, d)
+        epoch, step_in_epoch = epoch + 1, 0
+        history.append(
+            {
+                "epoch": epoch,
+                "val_ablated_acc": val_acc,
+                "lr": sched.get_last_lr()[0],
+                "elapsed_s": round(elapsed + time.time() - session_start, 1),
+            }
+        )
+        log(
+            d,
+            f"epoch {epoch}/{args.epochs} done: held-out val ablated acc {val_acc:.4f} "
+            f"({len(data.val)} images, 1 ablation each)",
+        )
+        pos = {
+            "epoch": epoch,
+            "step_in_epoch": 0,
+            "global_step": global_step,
+            "elapsed_s": elapsed + time.time() - session_start,
+        }
+        save_state(state_paths, core, opt, sched, pos, [aug, abl], history, config, d)
+
+    train_time = elapsed + time.time() - session_start
+    accuracies: dict[str, Any] = {
+        "eval_repeats": args.eval_repeats,
+        "eval_seed": EVAL_SEED,
+        "val_ablated": ablated_accuracy(core, data.val, args.e, args.eval_repeats, d),
+    }
+    if data.evaluation is not None:
+        accuracies["eval500_ablated"] = ablated_accuracy(core, data.evaluation, args.e, args.eval_repeats, d)
+    log(d, f"final accuracies: {accuracies}")
+    meta = None
+    if d.main:
+        meta = save_checkpoint(args.out, core, metadata(args, d, data, accuracies, history, train_time))
+        log(d, f"wrote {args.out} (weights sha256 {meta['weights_sha256'][:16]}...)")
+    if d.world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return meta
+
+
+def metadata(
+    args: argparse.Namespace,
+    d: Dist,
+    data: TrainData,
+    accuracies: dict[str, Any],
+    history: list[dict[str, Any]],
+    train_time: float,
+) -> dict[str, Any]:
+    """The checkpoint metadata record (see checkpoints/README.md)."""
+    device = (
+        torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
+    )
+    return {
+        "dataset": args.dataset,
+        "arch": args.arch,
+        "e": args.e,
+        "num_classes": len(data.class_names),
+        "class_names": data.class_names,
+        "encoding": ENCODING,
+        "in_channels": 6,
+        "normalization": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        "training": {
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "optimizer": "SGD momentum 0.9 nesterov",
+            "lr": args.lr,
+            "lr_schedule": "cosine per step to 0, no warmup",
+            "weight_decay": args.weight_decay,
+            "seed": args.seed,
+            "init": args.init,
+            "augmentation": (
+                "random crop 32 pad 4 + horizontal flip"
+                if args.dataset == "cifar10"
+                else "RandomResizedCrop 224 + horizontal flip"
+            ),
+            "ablation": "fresh uniform e-subset per image per step",
+            "train_data": data.train.source if isinstance(data.train, ImageSet) else data.source,
+            "train_size": len(data.train),
+            "val_size": len(data.val),
+            "world_size": d.world,
+        },
+        "training_time_s": round(train_time, 1),
+        "device": device,
+        "accuracies": accuracies,
+        "accuracy_sets": {
+            "val_ablated": "held-out last val_size training images",
+            "eval500_ablated": "CIFAR-10 test images 0,2,...,998 (exact pixels for the offline data)",
+        },
+        "history": history,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
