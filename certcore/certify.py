@@ -223,7 +223,7 @@ def certify(
         batch_size=sampled.batch_size,
         seconds=sampled.seconds,
         samples_per_second=sampled.samples_per_second,
-        torch_version=torch.__version__,
+        torch_version=str(torch.__version__),
         checkpoint=checkpoint,
     )
     return certificate_from_counts(sampled.counts, d=height * width, e=e, k=k, alpha=alpha, label=label, run=run)
