@@ -1,0 +1,25 @@
+"""Shared fixtures. ``shared_data``: the offline data folder; tests using it skip when it is absent."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The offline data folder (``$CERTCORE_SHARED_DATA`` or ``<repo>/../shared/data``); skip if it is missing."""
+    from certcore.data import shared_data_dir
+
+    path = shared_data_dir()
+    if not (path / "cifar10").is_dir() or not (path / "checkpoints").is_dir():
+        pytest.skip(f"offline data folder not found at {path} (set CERTCORE_SHARED_DATA to its location)")
+    return path
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that use the ``shared_data`` fixture get the ``shared_data`` marker (deselect: -m 'not shared_data')."""
+    for item in items:
+        if "shared_data" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.shared_data)
