@@ -147,4 +147,7 @@ def init_from_clean_cifar(model: AblationClassifier, path: str | Path) -> None:
     if conv1 is None or conv1.shape[1] * 2 != net.conv1.weight.shape[1]:
         raise ValueError(f"path {str(path)!r}: conv1.weight does not fit a {net.conv1.weight.shape[1]}-channel input")
     state["conv1.weight"] = torch.cat((conv1, torch.zeros_like(conv1)), dim=1)
-    net.load_state_dict(state, strict=True)
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"path {str(path)!r}: weights do not fit this model: {exc}") from exc
