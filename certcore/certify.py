@@ -70,8 +70,9 @@ class Certificate:
     ``lower``/``upper`` are the SimuEM bounds (Eq. 8) of every label, ``lower_rounded``/``upper_rounded`` the
     same after Eq. 4. ``top_k`` are the k labels with the largest counts (ties: smaller label first), the
     smoothed classifier's prediction. ``radii`` holds a ``LabelRadius`` for each of them in that order, then
-    for ``label`` (the true label, when given) if it is not among them. ``levine_feizi_radius`` is Levine &
-    Feizi's top-1 radius of ``top_k[0]`` from the same counts, for comparison.
+    for ``label`` (the true label, when given) if it is not among them. ``levine_feizi_radius`` is the top-1
+    radius Levine & Feizi's method gives ``top_k[0]`` from the same counts: a baseline for comparison, not
+    covered by the two confidences above.
     """
 
     d: int

@@ -135,8 +135,14 @@ def _logits(model: nn.Module, encoded: torch.Tensor, num_classes: int | None) ->
     return logits
 
 
+def _check_eval_mode(model: nn.Module) -> None:
+    if model.training:
+        raise ValueError("model must be in eval mode (model.eval()): the base classifier must be deterministic")
+
+
 def num_classes_of(model: nn.Module, image: torch.Tensor, device: torch.device | str | None = None) -> int:
     """The number of classes c of ``model``, read from its logits for one fully ablated copy of ``image``."""
+    _check_eval_mode(model)
     dev = resolve_device(model, device)
     c, h, w = check_image(image).shape
     with torch.inference_mode():
@@ -189,7 +195,9 @@ def sample_counts(
     on its batch). ``image`` is (C, H, W) in [0, 1]; d = H * W. ``device`` defaults to the model's;
     ``num_classes`` (c) is read from the model when not given. Runs under ``torch.inference_mode``, on CUDA
     also under bf16/fp16 autocast (that path is untested: no GPU was available when it was written).
-    Encodings are fed channels_last, measured faster on CPU (bench/RESULTS.md). Threads: the caller's
+    Encodings are fed channels_last, measured faster on CPU (bench/RESULTS.md), so the model must not
+    ``view`` its raw input (``reshape`` is fine); on a GPU, converting the model once with
+    ``model.to(memory_format=torch.channels_last)`` saves a weight conversion per batch. Threads: the caller's
     ``torch.set_num_threads`` is respected.
 
     ``progress(done, n)`` is called after every batch with increasing ``done`` ending at ``n``; returning
@@ -204,8 +212,7 @@ def sample_counts(
     n = check_int(n, "n", 1)
     batch_size = check_int(batch_size, "batch_size", 1)
     seed = check_int(seed, "seed", 0, MAX_SEED)
-    if model.training:
-        raise ValueError("model must be in eval mode (model.eval()): the base classifier must be deterministic")
+    _check_eval_mode(model)
     c = num_classes_of(model, image, dev) if num_classes is None else check_int(num_classes, "num_classes", 2)
 
     x = image.to(dev, torch.float32).unsqueeze(0)

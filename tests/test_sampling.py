@@ -125,6 +125,9 @@ def test_invalid_parameters_are_refused_with_their_name_and_range(changes: dict,
         sample_counts(model, args.pop("image"), args.pop("e"), args.pop("n"), **args)
 
 
-def test_a_model_in_training_mode_is_refused() -> None:
-    with pytest.raises(ValueError, match="eval mode"):
-        sample_counts(KeptInFirstRowClassifier().train(), IMAGE, E, 10, seed=0)
+def test_a_model_in_training_mode_is_refused_before_it_runs() -> None:
+    model = nn.Sequential(nn.BatchNorm2d(6), nn.Flatten(), nn.Linear(6 * H * W, 10)).train()
+    for call in (lambda: sample_counts(model, IMAGE, E, 10, seed=0), lambda: num_classes_of(model, IMAGE)):
+        with pytest.raises(ValueError, match="eval mode"):
+            call()
+    assert int(model[0].num_batches_tracked) == 0  # BatchNorm never ran, so its statistics are untouched
