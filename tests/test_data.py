@@ -25,6 +25,7 @@ from certcore.data import (
     imagenet_folder,
     load_uploaded_image,
 )
+from tests.data_helpers import bundled_cifar10_arrays, write_imagefolder, write_torchvision_cifar_root
 
 
 def _encode(img: Image.Image, fmt: str) -> bytes:
@@ -153,26 +154,9 @@ def test_offline_cifar10_train_set(shared_data: Path) -> None:
     assert torch.bincount(train.labels).tolist() == [5000] * 10
 
 
-def write_torchvision_cifar_root(root: Path, per_batch: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """A tiny CIFAR-10 root in torchvision's python-pickle layout built from the bundled samples."""
-    samples = bundled_samples("cifar10")
-    x = np.stack([(s.image * 255).round().byte().numpy() for s in samples])  # (100, 3, 32, 32)
-    y = np.array([s.label for s in samples])
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for b, name in enumerate(names):
-        sl = slice(b * per_batch, (b + 1) * per_batch)
-        entry = {"batch_label": name, "labels": y[sl].tolist(), "data": x[sl].reshape(per_batch, -1),
-                 "filenames": [f"{i}.png" for i in range(per_batch)]}  # fmt: skip
-        (folder / name).write_bytes(pickle.dumps(entry, protocol=2))
-    meta = {"label_names": class_names("cifar10"), "num_cases_per_batch": per_batch, "num_vis": 3072}
-    (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
-    return x[: 6 * per_batch], y[: 6 * per_batch]
-
-
 def test_torchvision_cifar10_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    x, y = write_torchvision_cifar_root(tmp_path)
+    x, y = bundled_cifar10_arrays()
+    write_torchvision_cifar_root(tmp_path, x[:12], y[:12])
     train = cifar10_torchvision(tmp_path, train=True)
     test = cifar10_torchvision(tmp_path, train=False)
     assert torch.equal(train.images, torch.from_numpy(x[:10])) and train.labels.tolist() == y[:10].tolist()
@@ -194,7 +178,7 @@ def test_torchvision_cifar10_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 def test_torchvision_cifar10_root_refuses_code(tmp_path: Path) -> None:
-    write_torchvision_cifar_root(tmp_path)
+    write_torchvision_cifar_root(tmp_path, *bundled_cifar10_arrays())
     marker = tmp_path / "pwned"
 
     class Exploit:
@@ -207,19 +191,6 @@ def test_torchvision_cifar10_root_refuses_code(tmp_path: Path) -> None:
     assert not marker.exists()
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
         cifar10_torchvision(tmp_path / "empty", train=True)
-
-
-def write_imagefolder(root: Path, per_class: int = 2, classes: int = 3) -> list[int]:
-    """A tiny ImageNet-style ImageFolder (wnid folders) from the bundled sample images; returns the labels used."""
-    src = sorted((SAMPLES_DIR / "imagenet").glob("*.jpg"))[:classes]
-    labels = []
-    for path in src:
-        label, wnid = path.stem.split("_")
-        (root / wnid).mkdir(parents=True)
-        for i in range(per_class):
-            shutil.copy(path, root / wnid / f"{i}.JPEG")
-        labels.append(int(label))
-    return labels
 
 
 def test_imagenet_folder(tmp_path: Path) -> None:

@@ -1,0 +1,135 @@
+"""Trainer: kill-and-resume equals an uninterrupted run; ImageFolder (ImageNet) path; torchrun DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from certcore import train
+from certcore.checkpoints import load_checkpoint
+from tests.data_helpers import bundled_cifar10_arrays, write_imagefolder, write_torchvision_cifar_root
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A torchvision-layout CIFAR-10 root with 144 images (120 train, 24 test) from the bundled samples."""
+    root = tmp_path_factory.mktemp("cifar")
+    x, y = bundled_cifar10_arrays()
+    write_torchvision_cifar_root(root, np.concatenate([x, x[:44, :, ::-1]]), np.concatenate([y, y[:44]]))
+    return root
+
+
+def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "--data-root", str(root), "--arch", "resnet20", "--e", "40", "--epochs", "2", "--batch-size", "16",
+        "--val-size", "24", "--eval-repeats", "1", "--threads", "1", "--log-every", "100",
+        "--out", str(out / "ck.pt"), "--state", str(out / "run" / "state.pt"), *extra,
+    ]  # fmt: skip
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    return torch.load(path, weights_only=True)["state_dict"]
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    wa, wb = weights(a / "ck.pt"), weights(b / "ck.pt")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), f"{k} differs after resume"
+    ma, mb = (load_checkpoint(p / "ck.pt")[1] for p in (a, b))
+    assert ma["accuracies"] == mb["accuracies"]
+    assert [h["val_ablated_acc"] for h in ma["history"]] == [h["val_ablated_acc"] for h in mb["history"]]
+
+
+def test_kill_and_resume_mid_epoch_equals_uninterrupted(cifar_root: Path, tmp_path: Path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    meta = train.main(tiny_args(cifar_root, full))
+    assert meta["training"]["train_size"] == 96 and meta["num_classes"] == 10 and len(meta["history"]) == 2
+    assert 0 <= meta["accuracies"]["val_ablated"] <= 1 and "eval500_ablated" not in meta["accuracies"]
+    # 6 steps per epoch; state saved at steps 4, 6 (end of epoch 1) and 8; "killed" after step 10.
+    copy = cut / "state-copy.pt"
+    args = tiny_args(cifar_root, cut, "--save-every-steps", "4", "--state-copy", str(copy))
+    assert train.main([*args, "--stop-after-steps", "10"]) is None
+    assert not (cut / "ck.pt").exists()
+    saved = torch.load(copy, weights_only=True)["position"]
+    assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 2, 8)
+    (cut / "run" / "state.pt").unlink()  # resume from the committable copy
+    train.main([*args, "--resume"])
+    assert_same_run(full, cut)
+
+
+@pytest.mark.slow
+def test_resume_at_epoch_boundary_equals_uninterrupted(cifar_root: Path, tmp_path: Path) -> None:
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train.main(tiny_args(cifar_root, full))
+    assert train.main([*tiny_args(cifar_root, cut), "--stop-after-steps", "8"]) is None
+    assert torch.load(cut / "run" / "state.pt", weights_only=True)["position"]["step_in_epoch"] == 0
+    train.main([*tiny_args(cifar_root, cut), "--resume"])
+    assert_same_run(full, cut)
+
+
+def test_resume_refuses_changed_options(cifar_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="neither"):
+        train.main([*tiny_args(cifar_root, tmp_path), "--resume"])
+    args = [*tiny_args(cifar_root, tmp_path), "--save-every-steps", "2"]
+    assert train.main([*args, "--stop-after-steps", "3"]) is None
+    with pytest.raises(SystemExit, match="options differ.*lr"):
+        train.main([*args, "--lr", "0.2", "--resume"])
+
+
+def test_random_crop_flip_is_a_crop_of_the_padded_image() -> None:
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.uint8).view(2, 3, 8, 8)
+    out = train.random_crop_flip(x, 2, torch.Generator().manual_seed(0))
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for i in range(2):
+        crops = [padded[i, :, r : r + 8, c : c + 8] for r in range(5) for c in range(5)]
+        assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in crops)
+
+
+@pytest.mark.slow
+def test_imagefolder_resnet50_smoke(tmp_path: Path) -> None:
+    """One ResNet-50 step on a 6-image ImageFolder: the ImageNet path runs end to end (no accuracy claim)."""
+    root = tmp_path / "imagenet"
+    write_imagefolder(root)
+    meta = train.main([
+        "--dataset", "imagenet", "--arch", "resnet50", "--data-root", str(root), "--e", "1000", "--epochs", "1",
+        "--batch-size", "4", "--val-size", "2", "--eval-repeats", "1", "--workers", "0", "--threads", "1",
+        "--out", str(tmp_path / "in.pt"), "--state", str(tmp_path / "state.pt"),
+    ])  # fmt: skip
+    assert meta["num_classes"] == 1000 and len(meta["class_names"]) == 1000 and meta["arch"] == "resnet50"
+    model, _ = load_checkpoint(tmp_path / "in.pt", dataset="imagenet", e=1000)
+    assert model.net.conv1.in_channels == 6
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_cpu(cifar_root: Path, tmp_path: Path) -> None:
+    """Two gloo processes: training, a mid-run kill and resume, one checkpoint written by rank 0."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    base = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "certcore.train",
+    ]
+    args = [*tiny_args(cifar_root, tmp_path, "--save-every-steps", "2"), "--threads", "1"]
+    first = subprocess.run([*base, *args, "--stop-after-steps", "5"], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr[-3000:]
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert len(state["generators"]) == 2 and json.loads(state["config"])["world_size"] == 2
+    second = subprocess.run([*base, *args, "--resume"], env=env, capture_output=True, text=True)
+    assert second.returncode == 0, second.stderr[-3000:]
+    _, meta = load_checkpoint(tmp_path / "ck.pt")
+    assert meta["training"]["world_size"] == 2 and len(meta["history"]) == 2
