@@ -72,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m certcore.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10")
     p.add_argument("--arch", default="resnet20", help="resnet20, resnet56, resnet110 (CIFAR) or resnet50 (ImageNet)")
-    p.add_argument("--e", type=int, required=True, help="pixels kept per ablation")
+    p.add_argument(
+        "--e", "--keep", dest="e", type=int, required=True, help="pixels kept per ablation (--keep: same, for torchrun)"
+    )
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (split across DDP processes)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay per step)")

@@ -124,7 +124,8 @@ def test_torchrun_ddp_on_cpu(cifar_root: Path, tmp_path: Path) -> None:
         "-m",
         "certcore.train",
     ]
-    args = [*tiny_args(cifar_root, tmp_path, "--save-every-steps", "2"), "--threads", "1"]
+    # torchrun's own parser rejects "--e" as an ambiguous abbreviation of its options: use the "--keep" alias.
+    args = ["--keep" if a == "--e" else a for a in tiny_args(cifar_root, tmp_path, "--save-every-steps", "2")]
     first = subprocess.run([*base, *args, "--stop-after-steps", "5"], env=env, capture_output=True, text=True)
     assert first.returncode == 0, first.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
