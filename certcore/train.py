@@ -52,19 +52,9 @@ CLEAN_INITS = {
 }
 EVAL_SEED = 20220425
 CONFIG_KEYS = (
-    "dataset",
-    "arch",
-    "e",
-    "epochs",
-    "batch_size",
-    "lr",
-    "weight_decay",
-    "seed",
-    "init",
-    "val_size",
-    "data_root",
-    "world_size",
-)
+    "dataset", "arch", "e", "epochs", "batch_size", "lr", "weight_decay", "seed", "init", "val_size", "data_root",
+    "train_limit",
+)  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -285,15 +275,14 @@ def rng_restore(snap: dict[str, Any]) -> None:
 
 def run_config(args: argparse.Namespace, d: Dist) -> dict[str, Any]:
     """The options a resumed run must share with the run that wrote the state."""
-    cfg = {k: getattr(args, k) for k in CONFIG_KEYS if k != "world_size"}
-    return {**cfg, "train_limit": args.train_limit, "world_size": d.world}
+    return {**{k: getattr(args, k) for k in CONFIG_KEYS}, "world_size": d.world}
 
 
 def save_state(
     path_list: list[str],
     core: nn.Module,
-    opt,
-    sched,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
     pos: dict[str, Any],
     gens: list[torch.Generator],
     history: list[dict],

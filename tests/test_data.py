@@ -160,7 +160,7 @@ def test_torchvision_cifar10_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     train = cifar10_torchvision(tmp_path, train=True)
     test = cifar10_torchvision(tmp_path, train=False)
     assert torch.equal(train.images, torch.from_numpy(x[:10])) and train.labels.tolist() == y[:10].tolist()
-    assert torch.equal(test.images, torch.from_numpy(x[10:])) and test.class_names == class_names("cifar10")
+    assert torch.equal(test.images, torch.from_numpy(x[10:12])) and test.class_names == class_names("cifar10")
     assert train.source.endswith("unverified")
     # torchvision itself refuses the root: download=False still checks the official MD5 of every file ...
     with pytest.raises(RuntimeError, match="not found or corrupted"):
