@@ -50,6 +50,7 @@ from certcore.results import (
     atomic_write,
     check_same_run,
     format_accuracy_table,
+    read_results,
     record_line,
     scan_results,
     shard_files,
@@ -348,15 +349,14 @@ def recertify(source_path: Path, out: Path, ks: Sequence[int] | None, alpha: flo
     ones) from their counts alone, written atomically to ``out``. Counts and sampling details are kept."""
     if out.resolve() == source_path.resolve():
         raise ResultsError(f"--out {out} is the --from-counts file itself; choose another --out")
-    scan = scan_results(source_path)
-    if not source_path.is_file() or not scan.records:
+    stored = read_results(source_path)
+    if not stored:
         raise ResultsError(f"{source_path}: no complete records to re-certify")
-    too_large = [k for k in ks or () if k >= len(scan.records[0]["counts"])]
-    if too_large:
-        raise EvaluationError(f"--k {too_large}: k must be below the number of classes "
-                              f"({len(scan.records[0]['counts'])})")
+    num_classes = len(stored[0]["counts"])
+    if ks and max(ks) >= num_classes:
+        raise EvaluationError(f"--k must be below the number of classes ({num_classes}), got {sorted(ks)}")
     records = []
-    for old in scan.records:
+    for old in stored:
         run = {**old, "k": sorted(set(ks)) if ks else old["k"], "alpha": old["alpha"] if alpha is None else alpha}
         records.append({**run, **certified_fields(old["counts"], old["label"], run)})
     atomic_write(out, b"".join(record_line(r) for r in records))

@@ -144,6 +144,7 @@ def test_rerun_skips_done_images(world: dict[str, Path], reference: Path, monkey
     assert out.read_bytes() == reference.read_bytes()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_single_process(world: dict[str, Path], reference: Path) -> None:
     out = world["root"] / "torchrun.jsonl"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -182,6 +183,10 @@ def test_from_counts_reproduces_stored_radii(world: dict[str, Path], reference: 
         assert r["radii"] == {str(k): certify_counts(r["counts"], r["label"], 1024, 50, k, 0.05) for k in (1, 5)}
     for k in (1, 5):  # the app's path (certified_accuracy re-certifying) agrees with the stored file
         assert certified_accuracy(old, k, alpha=0.05).tolist() == certified_accuracy(new, k).tolist()
+    with pytest.raises(SystemExit, match=r"k must be below the number of classes \(10\)"):
+        main(["--from-counts", str(reference), "--k", "10", "--out", str(other)])
+    with pytest.raises(SystemExit, match="is the --from-counts file itself"):
+        main(["--from-counts", str(reference), "--out", str(reference)])
 
 
 def test_torchvision_data_root(world: dict[str, Path], tmp_path: Path) -> None:
