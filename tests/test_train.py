@@ -31,7 +31,7 @@ def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_args(root: Path, out: Path, *extra: str) -> list[str]:
     return [
         "--data-root", str(root), "--arch", "resnet20", "--e", "40", "--epochs", "2", "--batch-size", "16",
-        "--val-size", "24", "--eval-repeats", "1", "--threads", "1", "--log-every", "100",
+        "--val-size", "24", "--eval-repeats", "1", "--threads", "1", "--log-every", "100", "--device", "cpu",
         "--out", str(out / "ck.pt"), "--state", str(out / "run" / "state.pt"), *extra,
     ]  # fmt: skip
 
@@ -93,6 +93,14 @@ def test_random_crop_flip_is_a_crop_of_the_padded_image() -> None:
     for i in range(2):
         crops = [padded[i, :, r : r + 8, c : c + 8] for r in range(5) for c in range(5)]
         assert any(torch.equal(out[i], c) or torch.equal(out[i], c.flip(-1)) for c in crops)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_smoke(cifar_root: Path, tmp_path: Path) -> None:
+    """One epoch on the GPU (generators and data on the device); bit-identity is only claimed on CPU."""
+    args = [a if a != "cpu" else "cuda" for a in tiny_args(cifar_root, tmp_path, "--epochs", "1")]
+    meta = train.main(args)
+    assert meta["device"] == torch.cuda.get_device_name() and len(meta["history"]) == 1
 
 
 @pytest.mark.slow
