@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import doctest
 import json
 import shutil
 from pathlib import Path
@@ -9,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import certcore.paper
+import certcore.results
 from certcore.paper import PAPER_ROWS, paper_rows, paper_table_markdown
 from certcore.radius import certify_counts
 from certcore.results import (
@@ -158,3 +161,9 @@ def test_paper_tables() -> None:
     assert "| top-3 | Our method | 0.740 | 0.730 | 0.712 | 0.698 | 0.692 |" in paper_table_markdown("imagenet")
     with pytest.raises(ValueError, match="dataset must be one of"):
         paper_rows("mnist")
+
+
+@pytest.mark.parametrize("module", [certcore.results, certcore.paper])
+def test_docstring_examples(module) -> None:
+    result = doctest.testmod(module)
+    assert result.attempted > 0 and result.failed == 0
