@@ -3,7 +3,8 @@
 A results file is JSON lines, one complete line per certified image, appended with flush + fsync, so a crash
 loses at most the image in flight and at worst leaves an incomplete last line. Every line carries the run's
 parameters (``RUN_KEYS``) and the image's label counts, so any k or alpha is re-certified from the file alone
-with the same function a fresh run uses (``certcore.radius.certify_counts``, SimuEM bounds then Theorem 1).
+(``certcore.radius.certify_counts``: the SimuEM bounds of Eq. 8 then Theorem 1, the functions behind a fresh
+run's ``certificate_from_counts``; tests check that both give the stored radii exactly).
 
 Record keys: ``RUN_KEYS`` (identical on every line of a file) and ``index`` (position in the data source),
 ``label`` (true label), ``counts`` (label counts, summing to n), ``image_seed`` (the sampling seed of this
