@@ -157,6 +157,8 @@ def _count_labels(
 ) -> int:
     """Add the labels predicted for the encodings of ``keep`` to ``counts``, in chunks of ``batch_size``.
 
+    ``image`` is (1, C, H, W) and broadcasts against the masks, so 1 - x is computed once, not per sample.
+
     A CUDA out-of-memory error halves the chunk and retries the same masks (no sample is lost or drawn
     twice); returns the chunk size that worked. The retry runs after the ``except`` block, once the failed
     attempt's tensors are released.
@@ -165,7 +167,7 @@ def _count_labels(
     while start < len(keep):
         part = keep[start : start + batch_size]
         try:
-            logits = _logits(model, encode_ablated(image.expand(len(part), -1, -1, -1), part), len(counts))
+            logits = _logits(model, encode_ablated(image, part), len(counts))
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise

@@ -71,6 +71,13 @@ def test_encoding_carries_x_and_1_minus_x_on_kept_pixels_and_zeros_elsewhere() -
     assert (encoded.abs().sum(dim=1)[~keep] == 0).all()
 
 
+def test_one_image_broadcasts_against_a_batch_of_masks() -> None:
+    """sample_counts encodes its single image (1, C, H, W) against a whole batch of masks at once."""
+    image = torch.rand(1, 3, H, W)
+    keep = draw_keep_masks(6, H, W, E, torch.Generator().manual_seed(5))
+    assert torch.equal(encode_ablated(image, keep), encode_ablated(image.expand(6, -1, -1, -1), keep))
+
+
 def test_ablate_is_encode_of_masks_from_the_same_generator_stream() -> None:
     images = torch.rand(5, 3, H, W)
     encoded = ablate(images, E, torch.Generator().manual_seed(3))

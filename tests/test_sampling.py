@@ -96,7 +96,7 @@ def test_out_of_memory_at_batch_size_one_is_raised() -> None:
 
 
 def test_number_of_classes_is_read_from_the_model() -> None:
-    assert num_classes_of(ConstantClassifier(0, num_classes=7), IMAGE) == 7
+    assert num_classes_of(ConstantClassifier(0, num_classes=7).eval(), IMAGE) == 7
     assert sample_counts(ConstantClassifier(0, num_classes=7).eval(), IMAGE, E, 10, seed=0).counts.shape == (7,)
 
 
