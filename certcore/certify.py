@@ -13,8 +13,9 @@ Statistical rule (one set of n samples, no separate selection sample):
   label holds, whichever labels the data selected. Their radii therefore hold with probability
   >= ``confidence_selected_labels`` = 1 - 2 alpha.
 
-Cohen et al. split off n0 samples to select the label because their bound covers one label; here the union bound
-over all 2c bounds already covers any selection, so no samples are spent on selection and none are wasted.
+Cohen et al. split off n0 samples to select the label because their bound covers one label only. Here the union
+bound over all 2c bounds already covers any selection, so all n samples serve the bounds; the price is 1 - 2 alpha
+instead of 1 - alpha for the selected labels only (the true label, fixed in advance, keeps 1 - alpha).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class LabelRadius:
 
 @dataclass(frozen=True)
 class SamplingRun:
-    """How the counts of a certificate were sampled (absent for certificates built from stored counts)."""
+    """How the counts of a certificate were sampled (None for stored counts re-certified without one)."""
 
     seed: int
     device: str
