@@ -86,6 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--state", required=True, help="resumable training state path (e.g. runs/NAME/state.pt)")
     p.add_argument("--state-copy", default=None, help="second copy of the state (e.g. checkpoints/state/NAME.state.pt)")
     p.add_argument("--resume", action="store_true", help="continue from --state (or --state-copy if --state is absent)")
+    p.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="with --resume: write --out from the saved state without training further (an unfinished run, "
+        "marked as such in the metadata), e.g. while the run itself goes on in another process",
+    )
+    p.add_argument("--bn-batches", type=int, default=100, help="training batches used to recompute BN statistics")
     p.add_argument("--save-every-steps", type=int, default=0, help="also save state every N steps (0 = epochs only)")
     p.add_argument("--stop-after-steps", type=int, default=0, help="exit without saving after N steps (kill test)")
     p.add_argument("--log-every", type=int, default=50)
@@ -247,6 +254,32 @@ def ablated_accuracy(model: nn.Module, data: Any, e: int, repeats: int, d: Dist,
     return float(counts[0] / counts[1])
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: Any, args: argparse.Namespace, d: Dist) -> None:
+    """Recompute every BatchNorm's running mean/variance as a plain average over ``--bn-batches`` ablated,
+    augmented training batches (seeded). During training the running statistics lag the weights while the
+    learning rate is high; measured on this run's epoch-5 state: 44.6% ablated accuracy with batch statistics
+    but 30% with the running ones. Recomputing them makes the eval-mode model match the weights it has."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    per_rank = args.batch_size // d.world
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(EVAL_SEED)).tolist()
+    batches = [order[i : i + per_rank] for i in range(0, len(order) - per_rank + 1, per_rank)][: args.bn_batches]
+    if not norms or not batches:
+        return
+    was_training = model.training
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    gen = torch.Generator(device=d.device).manual_seed(EVAL_SEED + 1)
+    for x, _ in iterate_batches(data, batches, args, d, gen):
+        model(ablate(x, args.e, gen).contiguous(memory_format=torch.channels_last))
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.train(was_training)
+
+
 # ------------------------------------------------------------------------------------------ state / RNG
 
 
@@ -406,7 +439,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     )
     session_start, session_steps = time.time(), 0
     model.train()
-    while epoch < args.epochs:
+    if args.snapshot and not args.resume:
+        raise SystemExit("--snapshot needs --resume (it exports the saved state of a run)")
+    while epoch < args.epochs and not args.snapshot:
         batches = batches_for_epoch(sampler, epoch, per_rank)[:steps_per_epoch]
         window = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
         t_window = time.time()
@@ -472,6 +507,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         save_state(state_paths, core, opt, sched, pos, [aug, abl], history, config, d)
 
     train_time = elapsed + time.time() - session_start
+    recalibrate_batchnorm(core, data.train, args, d)
+    status = "finished" if epoch >= args.epochs else f"snapshot after {epoch} of {args.epochs} epochs (unfinished)"
+    log(d, f"{status}; BN statistics recomputed on {args.bn_batches} training batches")
     accuracies: dict[str, Any] = {
         "eval_repeats": args.eval_repeats,
         "eval_seed": EVAL_SEED,
@@ -482,7 +520,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     log(d, f"final accuracies: {accuracies}")
     meta = None
     if d.main:
-        meta = save_checkpoint(args.out, core, metadata(args, d, data, accuracies, history, train_time))
+        meta = save_checkpoint(args.out, core, metadata(args, d, data, accuracies, history, train_time, status))
         log(d, f"wrote {args.out} (weights sha256 {meta['weights_sha256'][:16]}...)")
     if d.world > 1:
         dist.barrier()
@@ -497,6 +535,7 @@ def metadata(
     accuracies: dict[str, Any],
     history: list[dict[str, Any]],
     train_time: float,
+    status: str,
 ) -> dict[str, Any]:
     """The checkpoint metadata record (see checkpoints/README.md)."""
     device = (
@@ -526,6 +565,8 @@ def metadata(
                 else "RandomResizedCrop 224 + horizontal flip"
             ),
             "ablation": "fresh uniform e-subset per image per step",
+            "status": status,
+            "bn_recalibration": f"running statistics recomputed on {args.bn_batches} ablated training batches",
             "train_data": data.train.source if isinstance(data.train, ImageSet) else data.source,
             "train_size": len(data.train),
             "val_size": len(data.val),

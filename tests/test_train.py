@@ -142,3 +142,17 @@ def test_torchrun_ddp_on_cpu(cifar_root: Path, tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr[-3000:]
     _, meta = load_checkpoint(tmp_path / "ck.pt")
     assert meta["training"]["world_size"] == 2 and len(meta["history"]) == 2
+
+
+def test_snapshot_exports_an_unfinished_run_marked_as_such(cifar_root: Path, tmp_path: Path) -> None:
+    args = tiny_args(cifar_root, tmp_path, "--bn-batches", "3")
+    assert train.main([*args, "--stop-after-steps", "7"]) is None  # killed after the first epoch's state (6 steps)
+    meta = train.main([*args, "--resume", "--snapshot"])
+    assert meta["training"]["status"] == "snapshot after 1 of 2 epochs (unfinished)"
+    assert len(meta["history"]) == 1
+    model, loaded = load_checkpoint(tmp_path / "ck.pt")
+    assert loaded["training"]["status"] == meta["training"]["status"]
+    with pytest.raises(SystemExit, match="--snapshot needs --resume"):
+        train.main([*args, "--snapshot"])
+    finished = train.main([*args, "--resume"])
+    assert finished["training"]["status"] == "finished" and len(finished["history"]) == 2
