@@ -43,7 +43,7 @@ from certcore.data import (
     imagenet_folder,
     shared_data_dir,
 )
-from certcore.models import IMAGENET_MEAN, IMAGENET_STD, build_model, init_from_clean_cifar
+from certcore.models import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_model, init_from_clean_cifar
 
 ENCODING = "levine-feizi-2c"
 CLEAN_INITS = {
@@ -55,6 +55,9 @@ CONFIG_KEYS = (
     "dataset", "arch", "e", "epochs", "batch_size", "lr", "weight_decay", "seed", "init", "val_size", "data_root",
     "train_limit",
 )  # fmt: skip
+
+
+IMAGE_PIXELS = {"cifar10": 32 * 32, "imagenet": 224 * 224}  # d of the model input
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -99,7 +102,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers for ImageFolder data")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Refuse impossible values here, with the option's name and range, rather than as a traceback mid-run.
+    if args.arch not in ARCHS:
+        p.error(f"--arch must be one of {', '.join(ARCHS)}; got {args.arch!r}")
+    d = IMAGE_PIXELS[args.dataset]
+    if not 1 <= args.e <= d:
+        p.error(f"--e must be in [1, {d}] (pixels of a {args.dataset} model input), got {args.e}")
+    for name in ("epochs", "batch_size", "eval_repeats", "log_every", "bn_batches"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("threads", "train_limit", "val_size", "save_every_steps", "stop_after_steps", "workers"):
+        if getattr(args, name) < 0:
+            p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not args.lr > 0 or not args.weight_decay >= 0:
+        p.error(f"--lr must be > 0 and --weight-decay >= 0, got {args.lr} and {args.weight_decay}")
+    return args
 
 
 @dataclass(frozen=True)
