@@ -176,12 +176,17 @@ def load_uploaded_image(data: bytes, dataset: str) -> torch.Tensor:
             with Image.open(io.BytesIO(data)) as img:
                 w, h = img.size
                 if w * h > MAX_UPLOAD_PIXELS or min(w, h) < 1:
-                    raise ValueError(f"uploaded image is {w}x{h} pixels; at most {MAX_UPLOAD_PIXELS} are accepted")
+                    raise ValueError(f"uploaded image is {w}x{h} pixels; at most {MAX_UPLOAD_PIXELS:,} are accepted")
                 img.load()
                 rgb = _to_rgb(ImageOps.exif_transpose(img))
     except ValueError:
         raise
-    except (OSError, SyntaxError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # Pillow's own, larger limit
+        raise ValueError(
+            f"uploaded file is not a readable image: too large ({exc}); "
+            f"at most {MAX_UPLOAD_PIXELS:,} pixels are accepted"
+        ) from exc
+    except (OSError, SyntaxError) as exc:
         raise ValueError(
             f"uploaded file is not a readable image (unknown format, corrupted or truncated): {exc}"
         ) from exc
