@@ -1,0 +1,228 @@
+"""Certificates in words and tables: what the app shows next to the numbers, and why a request cannot certify.
+
+Pure functions of a ``Certificate`` (or of parameters) and class names; no new formula: radii come from
+``certcore.radius``, bounds from the certificate.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from certcore.certify import Certificate
+from certcore.radius import BoundCurves, bound_curves, certify_counts, levine_feizi_radius
+from certcore.sweeps import smallest_certifying_n
+
+
+def percent(p: float) -> str:
+    """A confidence as a short percentage.
+
+    >>> percent(0.999), percent(1 - 2 * 0.001), percent(0.99999), percent(0.5)
+    ('99.9%', '99.8%', '99.999%', '50%')
+    """
+    return f"{100 * p:.10g}%"
+
+
+def e_problem(d: int, e: int) -> str | None:
+    """Why e cannot be used with an image of d pixels, or None."""
+    if 1 <= e <= d:
+        return None
+    return f"e = {e:,} pixels kept per ablation is not possible for an image of d = {d:,} pixels: choose e " \
+           f"between 1 and {d:,}."
+
+
+def k_problem(k: int, num_classes: int) -> str | None:
+    """Why top-k makes no sense with this many classes, or None."""
+    if k < num_classes:
+        return None
+    return f"k = {k} is not below the number of classes c = {num_classes}: every label is always among the " \
+           f"top {k} of {num_classes}, so there is nothing to certify. Choose k between 1 and {num_classes - 1}."
+
+
+def parameter_problems(*, d: int, e: int, k: int, n: int, alpha: float, num_classes: int) -> list[str]:
+    """Why these parameters cannot give a meaningful certificate, one sentence each (empty list: fine).
+
+    Checked: e within [1, d]; k below the number of classes c; alpha in (0, 1); and n at least the smallest
+    sample size for which even a unanimous vote certifies (``smallest_certifying_n``).
+    """
+    problems = [p for p in (e_problem(d, e), k_problem(k, num_classes)) if p is not None]
+    if not 0 < alpha < 1:
+        problems.append(f"alpha = {alpha:g} must lie strictly between 0 and 1 (it is a failure probability).")
+    if n < 1:
+        problems.append(f"n = {n} samples: at least one sample is needed.")
+    if problems:
+        return problems
+    n_min = smallest_certifying_n(num_classes, d, e, k, alpha)
+    if n_min is None or n < n_min:
+        need = f"use n >= {n_min:,}" if n_min is not None else "no n is large enough"
+        problems.append(
+            f"n = {n:,} samples can never certify at alpha = {alpha:g}: even if all {n:,} samples voted for one "
+            f"label, its SimuEM lower bound (Eq. 8, one-sided at alpha/c = {alpha / num_classes:.2g}) would not "
+            f"exceed the other labels' upper bounds. With c = {num_classes}, k = {k}, d = {d:,}, e = {e:,}: {need}."
+        )
+    return problems
+
+
+def _pixels(r: int) -> str:
+    return "1 pixel" if r == 1 else f"{r:,} pixels"
+
+
+def _names(labels: Sequence[int], names: Sequence[str]) -> str:
+    quoted = [f"'{names[j]}'" for j in labels]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def reading(cert: Certificate, names: Sequence[str]) -> str:
+    """One paragraph (Markdown) saying what the certificate guarantees, with the right confidence.
+
+    The true label, fixed before sampling, is certified with confidence 1 - alpha; the top-k labels, selected
+    from the same counts, are certified jointly with confidence 1 - 2 alpha (see ``certcore.certify``).
+    Statements are about the smoothed classifier (the vote over random ablations), not the base classifier.
+    """
+    k, d = cert.k, cert.d
+    top = f"top {k}" if k > 1 else "top-1 prediction"
+    limits = {x.label: x.radius_limit for x in cert.radii}
+    parts = []
+    if cert.label is not None:
+        name, r = names[cert.label], cert.radius_of(cert.label)
+        conf = percent(cert.confidence_fixed_label)
+        if r > 0:
+            parts.append(
+                f"**With confidence {conf}**, an attacker who changes any {r:,} of the {d:,} pixels (to any values) "
+                f"cannot push the true label '{name}' out of the smoothed classifier's {top}."
+            )
+        elif r == 0:
+            parts.append(
+                f"**With confidence {conf}**, the true label '{name}' is in the smoothed classifier's {top} for "
+                f"this image, but the certificate covers no changed pixel (radius 0)."
+            )
+        else:
+            parts.append(
+                f"The true label '{name}' is **not certified** in the smoothed classifier's {top}, not even for "
+                f"the unchanged image: its lower bound does not beat the other labels' upper bounds."
+            )
+        if r >= 0 and limits[cert.label] is not None:
+            parts.append(f"No certificate from these bounds can go beyond {_pixels(limits[cert.label])} (Theorem 2).")
+    certified = [x for x in cert.radii if x.label in cert.top_k and x.radius >= 0]
+    failed = [x.label for x in cert.radii if x.label in cert.top_k and x.radius < 0]
+    stays = "stays in the top " + str(k) if k > 1 else "stays the top-1 prediction"
+    if certified:
+        each = "; ".join(
+            f"'{names[x.label]}' {stays} under any {_pixels(x.radius)} changed"
+            if x.radius > 0
+            else f"'{names[x.label]}' {stays} with no pixel changed"
+            for x in certified
+        )
+        picked = "these labels were" if k > 1 else "the prediction was"
+        parts.append(
+            f"Jointly with confidence {percent(cert.confidence_selected_labels)} (1 - 2 alpha, because {picked} "
+            f"picked from the same counts): {each}."
+        )
+    if failed:
+        parts.append(
+            f"{_names(failed, names)} {'is' if len(failed) == 1 else 'are'} in the observed top {k} but not "
+            "certified (the bounds are too loose even with no pixel changed)."
+        )
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class RadiusRow:
+    """One line of the radius table: the label's certificate and the top-1 comparison with Levine & Feizi."""
+
+    label: int
+    name: str
+    role: str
+    radius: int
+    theorem2_limit: int | None
+    top1_radius: int
+    levine_feizi_top1: int
+
+
+def radius_rows(cert: Certificate, names: Sequence[str]) -> list[RadiusRow]:
+    """The certified radius of every top-k label and of the true label, with the Theorem 2 limit beside it,
+    and the same label's top-1 radius from Theorem 1 and from Levine & Feizi (same counts and alpha)."""
+    rows = []
+    for x in cert.radii:
+        roles = [f"top-{cert.top_k.index(x.label) + 1}"] if x.label in cert.top_k else []
+        roles += ["true label"] if x.label == cert.label else []
+        rows.append(
+            RadiusRow(
+                label=x.label,
+                name=names[x.label],
+                role=", ".join(roles),
+                radius=x.radius,
+                theorem2_limit=x.radius_limit,
+                top1_radius=certify_counts(cert.counts, x.label, cert.d, cert.e, 1, cert.alpha),
+                levine_feizi_top1=levine_feizi_radius(cert.counts, x.label, cert.d, cert.e, cert.alpha),
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class BoundRow:
+    """One line of the bounds table: a label's count and its SimuEM bounds before (Eq. 8) and after (Eq. 4)
+    rounding to the 1/C(d, e) grid."""
+
+    label: int
+    name: str
+    count: int
+    frequency: float
+    lower: float
+    upper: float
+    lower_rounded: float
+    upper_rounded: float
+
+
+def bound_rows(cert: Certificate, names: Sequence[str], limit: int | None = None) -> list[BoundRow]:
+    """Bounds of every label, largest count first (ties: smaller label first); ``limit`` keeps the first
+    ``limit`` rows plus the true label and every top-k label wherever they fall."""
+    order = np.argsort(-np.asarray(cert.counts), kind="stable").tolist()
+    keep = set(order if limit is None else order[:limit]) | set(cert.top_k)
+    if cert.label is not None:
+        keep.add(cert.label)
+    return [
+        BoundRow(
+            label=j,
+            name=names[j],
+            count=cert.counts[j],
+            frequency=cert.counts[j] / cert.n,
+            lower=cert.lower[j],
+            upper=cert.upper[j],
+            lower_rounded=cert.lower_rounded[j],
+            upper_rounded=cert.upper_rounded[j],
+        )
+        for j in order
+        if j in keep
+    ]
+
+
+def curve_range(radius: int, d: int) -> int:
+    """How far in r to draw Eq. 6's two sides: well past the radius so the crossing is visible."""
+    return int(min(d, max(10, 2 * radius + 5)))
+
+
+def curves_for(cert: Certificate, label: int, r_max: int) -> BoundCurves:
+    """Eq. 6's two sides for ``label`` of a certificate: its lower bound against the other labels' upper bounds."""
+    return bound_curves(cert.lower[label], np.delete(cert.upper, label), cert.d, cert.e, cert.k, r_max)
+
+
+def certificate_json(cert: Certificate, context: dict[str, Any]) -> str:
+    """The certificate as a JSON document, with ``context`` (dataset, image, checkpoint, ...) beside it."""
+    return json.dumps({"context": context, "certificate": cert.to_dict()}, indent=1)
+
+
+def counts_csv(cert: Certificate, names: Sequence[str]) -> str:
+    """label,name,count for every label (re-certify it later with ``certificate_from_counts``)."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["label", "name", "count"])
+    writer.writerows([j, names[j], n] for j, n in enumerate(cert.counts))
+    return out.getvalue()

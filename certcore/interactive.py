@@ -1,0 +1,203 @@
+"""Certifying one image interactively (the app's Certify page, without the UI).
+
+* ``ProgressReporter``: a ``sample_counts`` progress callback that shows samples done, samples/s and the ETA, and
+  turns an interruption of the UI update into a clean stop: if showing progress raises (Streamlit ends a script
+  run by raising from its next UI call after the user clicks Stop), the exception is kept and the callback
+  returns False, so sampling ends with ``SamplingCancelled`` carrying the partial counts; the caller stores them
+  and then re-raises the kept exception with ``resume_interruption``.
+* ``SampledCounts``: counts plus how they were drawn; ``certificate(k, alpha)`` re-certifies them for any k or
+  alpha without sampling again (``certificate_from_counts``).
+* ``counts_key``: everything the counts depend on, as one string, for caching them.
+* ``evaluate_images``: a small certified-accuracy run, one ``python -m certcore.evaluate`` call per image into
+  one results file (resumable: images already in the file are skipped), with progress after every image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from certcore import evaluate
+from certcore.certify import Certificate, SamplingRun, certificate_from_counts
+from certcore.sampling import SamplingCancelled, SamplingResult, sample_counts
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds as '42 s', '3 min 05 s' or '2 h 07 min'.
+
+    >>> format_duration(4.2), format_duration(185), format_duration(7620)
+    ('4 s', '3 min 05 s', '2 h 07 min')
+    """
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def progress_text(done: int, n: int, seconds: float, unit: str = "samples") -> str:
+    """'12,000 / 100,000 samples · 3,100 samples/s · about 28 s left'.
+
+    >>> progress_text(2_000, 10_000, 1.0)
+    '2,000 / 10,000 samples · 2,000 samples/s · about 4 s left'
+    >>> progress_text(10_000, 10_000, 5.0)
+    '10,000 / 10,000 samples · 2,000 samples/s · done in 5 s'
+    """
+    rate = done / seconds if seconds > 0 else 0.0
+    tail = f"done in {format_duration(seconds)}" if done >= n else (
+        f"about {format_duration((n - done) / rate)} left" if rate > 0 else "estimating time left"
+    )
+    return f"{done:,} / {n:,} {unit} · {rate:,.{0 if rate >= 10 else 2}f} {unit}/s · {tail}"
+
+
+class ProgressReporter:
+    """Progress callback for ``sample_counts``: calls ``show(fraction, text)`` after every batch.
+
+    Returns False (stop sampling) when ``show`` raises: the exception is kept in ``interruption`` instead of
+    escaping from inside the sampler, so the partial counts survive.
+    """
+
+    def __init__(self, show: Callable[[float, str], None], unit: str = "samples") -> None:
+        self._show = show
+        self._unit = unit
+        self._started = time.perf_counter()
+        self.interruption: BaseException | None = None
+
+    def __call__(self, done: int, n: int) -> bool:
+        try:
+            self._show(done / n, progress_text(done, n, time.perf_counter() - self._started, self._unit))
+        except BaseException as exc:  # noqa: BLE001 - kept and re-raised by resume_interruption()
+            self.interruption = exc
+            return False
+        return True
+
+    def resume_interruption(self) -> None:
+        """Re-raise the exception that interrupted ``show``, if any (after the partial result is stored)."""
+        if self.interruption is not None:
+            raise self.interruption
+
+
+@dataclass(frozen=True)
+class SampledCounts:
+    """Label counts of one image under one base classifier, and how they were drawn.
+
+    ``n`` is the number of samples requested; ``partial`` means sampling stopped early and the counts sum to
+    fewer (the certificate is then one for the smaller n actually drawn).
+    """
+
+    counts: tuple[int, ...]
+    n: int
+    d: int
+    e: int
+    label: int | None
+    run: SamplingRun
+    partial: bool = False
+
+    @property
+    def samples(self) -> int:
+        """Samples actually drawn."""
+        return sum(self.counts)
+
+    def certificate(self, k: int, alpha: float) -> Certificate:
+        """The certificate of these counts for top-``k`` at failure probability ``alpha`` (no resampling)."""
+        return certificate_from_counts(self.counts, d=self.d, e=self.e, k=k, alpha=alpha, label=self.label,
+                                       run=self.run)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (``from_dict`` inverts it)."""
+        data = asdict(self)
+        data["counts"] = list(self.counts)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SampledCounts:
+        """The ``SampledCounts`` that ``to_dict`` produced ``data`` from."""
+        return cls(**{**data, "counts": tuple(data["counts"]), "run": SamplingRun(**data["run"])})
+
+
+def sample_image(
+    model: nn.Module,
+    image: torch.Tensor,
+    *,
+    e: int,
+    n: int,
+    seed: int,
+    label: int | None,
+    batch_size: int,
+    device: str,
+    checkpoint: str | None,
+    progress: ProgressReporter | None = None,
+) -> SampledCounts:
+    """Sample the label counts of ``image`` (``sample_counts``); a cancelled run returns its partial counts."""
+    try:
+        result: SamplingResult = sample_counts(
+            model, image, e, n, seed=seed, batch_size=batch_size, device=device, progress=progress
+        )
+    except SamplingCancelled as cancelled:
+        result = cancelled.result
+    run = SamplingRun(
+        seed=seed,
+        device=result.device,
+        batch_size=result.batch_size,
+        seconds=result.seconds,
+        samples_per_second=result.samples_per_second,
+        torch_version=torch.__version__,
+        checkpoint=checkpoint,
+    )
+    _, height, width = image.shape
+    counts = tuple(int(x) for x in result.counts)
+    return SampledCounts(counts, n, height * width, e, label, run, partial=result.partial)
+
+
+def image_digest(image: torch.Tensor) -> str:
+    """SHA-256 (first 16 hex digits) of an image's shape and float32 pixel values."""
+    pixels = image.detach().to("cpu", torch.float32).contiguous()
+    h = hashlib.sha256(str(tuple(pixels.shape)).encode())
+    h.update(pixels.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def counts_key(image: torch.Tensor, weights_sha256: str, *, e: int, n: int, seed: int, device: str,
+               batch_size: int) -> str:
+    """Everything the counts depend on: image, weights, e, n, seed and device type (the batch size too on
+    CUDA, where the random stream depends on it; see ``certcore.sampling``)."""
+    kind = torch.device(device).type
+    batch = f"|batch={batch_size}" if kind == "cuda" else ""
+    return f"{image_digest(image)}|{weights_sha256[:16]}|e={e}|n={n}|seed={seed}|{kind}{batch}"
+
+
+def evaluate_images(
+    checkpoint: Path,
+    dataset: str,
+    indices: Sequence[int],
+    out: Path,
+    *,
+    n: int,
+    alpha: float,
+    ks: Sequence[int],
+    seed: int,
+    batch_size: int,
+    device: str,
+    progress: Callable[[int, int], bool] | None = None,
+) -> None:
+    """Certify test images ``indices`` into results file ``out`` with the evaluation command, one image per call,
+    calling ``progress(done, total)`` after each; stops early when it returns False. The file is the same a
+    command-line run with these parameters writes (read it with ``certcore.results``)."""
+    args = ["--checkpoint", str(checkpoint), "--dataset", dataset, "--out", str(out), "--n", str(n),
+            "--alpha", str(alpha), "--seed", str(seed), "--batch-size", str(batch_size),
+            "--device", "cuda" if device.startswith("cuda") else "cpu", "--k", *map(str, ks)]
+    for done, index in enumerate(indices, start=1):
+        try:
+            evaluate.main([*args, "--indices", str(index)])
+        except SystemExit as exc:  # the command reports bad input by exiting with a message
+            raise evaluate.EvaluationError(str(exc.code).removeprefix("error: ")) from None
+        if progress is not None and progress(done, len(indices)) is False:
+            return

@@ -1,0 +1,139 @@
+"""What-if sweeps on one set of label counts: the certified radius as k, e, n or alpha changes.
+
+The shapes of the paper's Figures 1-4 (impact of k, e, n and alpha) for a single image. Every point is a full
+certification from counts (SimuEM bounds, Eq. 8, then Theorem 1), so nothing here adds a formula of its own.
+A sweep over e keeps the counts fixed: it shows what the certificate alone does with e. (With a real base
+classifier the counts change with e as well: fewer kept pixels make the classifier less accurate.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from certcore.radius import certify_counts
+from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_k
+
+PAPER_LIKE_COUNTS = (80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50)
+
+
+def example_counts(num_classes: int, n: int = 100_000) -> np.ndarray:
+    """Label counts to start a what-if from: the README's CIFAR10-like example for 10 classes, otherwise a
+    geometric decay over the labels (each label a third less likely than the one before), summing to ``n``.
+
+    >>> example_counts(10).tolist() == list(PAPER_LIKE_COUNTS)
+    True
+    >>> int(example_counts(1000).sum()), int(example_counts(1000)[0])
+    (100000, 33333)
+    """
+    c = check_int(num_classes, "num_classes", 2)
+    if c == len(PAPER_LIKE_COUNTS):
+        return scale_counts(PAPER_LIKE_COUNTS, n)
+    return scale_counts(np.rint(1e12 * (2 / 3) ** np.arange(c)).astype(np.int64) + 1, n)
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Radius of one label for each value of one parameter; -1 = not certified, d = trivially in the top-k."""
+
+    parameter: str
+    values: list[float]
+    radii: list[int]
+
+
+def scale_counts(counts: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """Counts with the same label frequencies summing to ``n`` (largest-remainder rounding).
+
+    >>> scale_counts([6, 3, 1], 20).tolist()
+    [12, 6, 2]
+    >>> scale_counts([2, 1], 2).tolist()
+    [1, 1]
+    """
+    n_j = check_counts(counts)
+    n = check_int(n, "n", 1)
+    exact = n_j * (n / n_j.sum())
+    scaled = np.floor(exact).astype(np.int64)
+    short = n - int(scaled.sum())
+    scaled[np.argsort(-(exact - scaled), kind="stable")[:short]] += 1
+    return scaled
+
+
+def radius_vs_k(
+    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, alpha: float, ks: Iterable[int]
+) -> Sweep:
+    """Figure 1's parameter: the radius of ``label`` in the top-k for each k in ``ks``."""
+    ks = [check_k(k) for k in ks]
+    return Sweep("k", ks, [certify_counts(counts, label, d, e, k, alpha) for k in ks])
+
+
+def radius_vs_e(
+    counts: Sequence[int] | np.ndarray, label: int, d: int, k: int, alpha: float, es: Iterable[int]
+) -> Sweep:
+    """Figure 2's parameter: the radius for each e in ``es``, the counts held fixed (see the module docstring)."""
+    es = [check_d_e(d, e)[1] for e in es]
+    return Sweep("e", es, [certify_counts(counts, label, d, e, k, alpha) for e in es])
+
+
+def radius_vs_n(
+    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alpha: float, ns: Iterable[int]
+) -> Sweep:
+    """Figure 3's parameter: the radius when the same label frequencies are observed in n samples."""
+    ns = [check_int(n, "n", 1) for n in ns]
+    return Sweep("n", ns, [certify_counts(scale_counts(counts, n), label, d, e, k, alpha) for n in ns])
+
+
+def radius_vs_alpha(
+    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alphas: Iterable[float]
+) -> Sweep:
+    """Figure 4's parameter: the radius for each failure probability alpha in ``alphas``."""
+    alphas = [check_alpha(a) for a in alphas]
+    return Sweep("alpha", alphas, [certify_counts(counts, label, d, e, k, a) for a in alphas])
+
+
+def default_grids(d: int, e: int, n: int, num_classes: int) -> dict[str, list[float]]:
+    """Sweep values around the current parameters, in the spirit of the paper's figures.
+
+    k: 1..min(10, c - 1); e: a log-spaced range around e (the paper's CIFAR10 figure uses 25-100, ImageNet
+    500-2000); n: 1,000 up to 10 n, log-spaced; alpha: 1e-1 down to 1e-6.
+    """
+    d, e = check_d_e(d, e)
+    n = check_int(n, "n", 1)
+    ks = list(range(1, max(1, min(10, num_classes - 1)) + 1))
+    es = sorted({int(v) for v in np.geomspace(max(1, e / 8), min(d, 4 * e), 13).round()} | {e})
+    ns = sorted({int(v) for v in np.geomspace(min(1000, n), 10 * n, 13).round()} | {n})
+    alphas = [10.0**-p for p in range(1, 7)]
+    return {"k": ks, "e": es, "n": ns, "alpha": alphas}
+
+
+def smallest_certifying_n(
+    num_classes: int, d: int, e: int, k: int, alpha: float, n_max: int = 1 << 40
+) -> int | None:
+    """The smallest n for which even a unanimous vote, counts = [n, 0, ..., 0], certifies radius >= 0.
+
+    Below it no outcome of sampling can certify anything at this alpha (Eq. 8's bounds are too wide), so it is
+    the least n worth running. The radius of a unanimous vote grows with n, hence a doubling then a binary
+    search. None if even ``n_max`` samples cannot certify, or if k >= c (every label is trivially in the top-k).
+
+    >>> smallest_certifying_n(10, d=1024, e=50, k=1, alpha=0.001)
+    14
+    """
+    c = check_int(num_classes, "num_classes", 2)
+    k = check_k(k)
+    if k >= c:
+        return None
+
+    def certifies(n: int) -> bool:
+        return certify_counts([n] + [0] * (c - 1), 0, d, e, k, alpha) >= 0
+
+    hi = 1
+    while not certifies(hi):
+        if hi >= n_max:
+            return None
+        hi = min(2 * hi, n_max)
+    lo = hi // 2  # certifies(lo) is False (or lo == 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if certifies(mid) else (mid, hi)
+    return hi
