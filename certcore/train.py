@@ -526,7 +526,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     train_time = elapsed + time.time() - session_start
     recalibrate_batchnorm(core, data.train, args, d)
-    status = "finished" if epoch >= args.epochs else f"snapshot after {epoch} of {args.epochs} epochs (unfinished)"
+    status = (
+        "finished"
+        if epoch >= args.epochs
+        else f"snapshot at step {global_step} of {total_steps} ({epoch} of {args.epochs} epochs done; unfinished)"
+    )
     log(d, f"{status}; BN statistics recomputed on {args.bn_batches} training batches")
     accuracies: dict[str, Any] = {
         "eval_repeats": args.eval_repeats,

@@ -148,7 +148,7 @@ def test_snapshot_exports_an_unfinished_run_marked_as_such(cifar_root: Path, tmp
     args = tiny_args(cifar_root, tmp_path, "--bn-batches", "3")
     assert train.main([*args, "--stop-after-steps", "7"]) is None  # killed after the first epoch's state (6 steps)
     meta = train.main([*args, "--resume", "--snapshot"])
-    assert meta["training"]["status"] == "snapshot after 1 of 2 epochs (unfinished)"
+    assert meta["training"]["status"] == "snapshot at step 6 of 12 (1 of 2 epochs done; unfinished)"
     assert len(meta["history"]) == 1
     model, loaded = load_checkpoint(tmp_path / "ck.pt")
     assert loaded["training"]["status"] == meta["training"]["status"]
