@@ -71,6 +71,13 @@ def _check_record(record: object, where: str) -> Record:
     valid = isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts)
     if not valid or sum(counts) != record["n"]:
         raise ResultsError(f"{where}: counts must be non-negative integers summing to n={record['n']}")
+    if len(counts) < 2 or record["n"] < 1:
+        raise ResultsError(f"{where}: counts must hold at least 2 labels and n >= 1 samples, got {len(counts)} "
+                           f"labels and n={record['n']}")
+    label = record["label"]
+    if not (isinstance(label, int) and 0 <= label < len(counts)):
+        raise ResultsError(f"{where}: label must be an integer in [0, {len(counts) - 1}] (one count per class), "
+                           f"got {label!r}")
     if sorted(record["radii"]) != sorted(str(k) for k in record["k"]):
         raise ResultsError(f"{where}: radii must have one entry per k in {record['k']}")
     return record
@@ -99,6 +106,9 @@ def scan_results(path: str | Path) -> ResultsScan:
                                "file may be incomplete. Fix or delete the line by hand.") from None
         records.append(_check_record(record, f"{path}:{number}"))
         check_same_run(records[0], records[-1], f"{path}:{number}")
+        if len(records[-1]["counts"]) != len(records[0]["counts"]):
+            raise ResultsError(f"{path}:{number}: {len(records[-1]['counts'])} label counts where line 1 has "
+                               f"{len(records[0]['counts'])}; every image of a run has one count per class")
         valid_bytes += len(raw) + 1
     return ResultsScan(path, records, valid_bytes, None)
 
