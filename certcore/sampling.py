@@ -145,8 +145,16 @@ def num_classes_of(model: nn.Module, image: torch.Tensor, device: torch.device |
     _check_eval_mode(model)
     dev = resolve_device(model, device)
     c, h, w = check_image(image).shape
-    with torch.inference_mode():
-        logits = _logits(model, torch.zeros(1, 2 * c, h, w, device=dev), None)
+    try:
+        with torch.inference_mode():
+            logits = _logits(model, torch.zeros(1, 2 * c, h, w, device=dev), None)
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as exc:  # e.g. a 4-channel or greyscale image fed to an RGB model
+        raise ValueError(
+            f"image of shape {(c, h, w)} does not fit the model, which refused its {2 * c}-channel ablation encoding "
+            f"(give the number of channels the model was trained on, e.g. (3, H, W) for RGB): {exc}"
+        ) from exc
     if logits.shape[1] < 2:
         raise ValueError(f"the model must have at least 2 classes, got {logits.shape[1]}")
     return int(logits.shape[1])
