@@ -56,8 +56,8 @@ def test_a_pixel_is_kept_in_a_fraction_e_over_d_of_the_samples(
     height: int, width: int, e: int, pixel: tuple[int, int]
 ) -> None:
     image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(1))
-    n = 20_000
-    result = sample_counts(PixelKeptClassifier(*pixel).eval(), image, e, n, seed=11, batch_size=5000)
+    n = 10_000
+    result = sample_counts(PixelKeptClassifier(*pixel).eval(), image, e, n, seed=11, batch_size=2000)
     kept = int(result.counts[1])
     assert kept + int(result.counts[0]) == n
     assert binomtest(kept, n, e / (height * width)).pvalue > 0.001
