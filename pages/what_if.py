@@ -1,12 +1,177 @@
-"""What-if: certify label counts with no model (placeholder until the full page lands)."""
+"""What-if: certify label counts (or bounds) typed in by hand, no model, and sweep k, e, n and alpha."""
+
+from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
-from certcore import certify_counts
+from certcore import bound_curves, certified_radius, radius_limit, rounded_bounds, simuem_bounds
+from certcore.certify import certificate_from_counts
+from certcore.data import class_names
+from certcore.explain import curve_range, e_problem, k_problem, parameter_problems
+from certcore.figures import curves_figure, sweep_figure
+from certcore.sweeps import (
+    default_grids,
+    example_counts,
+    radius_vs_alpha,
+    radius_vs_e,
+    radius_vs_k,
+    radius_vs_n,
+    scale_counts,
+)
+from pages import _ui as ui
 
-st.title("What-if: certify label counts")
-counts_text = st.text_input("Label counts (comma separated)", "80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50")
-k = st.number_input("k", min_value=1, value=3)
-counts = np.array([int(c) for c in counts_text.split(",")])
-st.metric("Certified radius of label 0", certify_counts(counts, 0, d=1024, e=50, k=int(k), alpha=0.001))
+PRESETS = {"CIFAR10": ("cifar10", 1024, 50), "ImageNet": ("imagenet", 50176, 1000), "Custom": (None, 1024, 50)}
+
+
+def _load_from_certify() -> None:
+    shown = st.session_state[ui.CERTIFY_LAST]
+    st.session_state["wi-loaded"] = (shown.context["dataset"], shown.sampled.counts, shown.sampled.label)
+    st.session_state["wi-preset"] = "CIFAR10" if shown.context["dataset"] == "cifar10" else "ImageNet"
+    st.session_state["wi-version"] = st.session_state.get("wi-version", 0) + 1
+
+
+def setting() -> tuple[int, int, list[str]]:
+    """d, e and the class names, from a preset or typed in."""
+    preset = st.segmented_control("Preset", list(PRESETS), default="CIFAR10", key="wi-preset",
+                                  help="The paper's settings: CIFAR10 32x32 with e = 50, ImageNet 224x224 with "
+                                       "e = 1,000.") or "CIFAR10"
+    dataset, d_default, e_default = PRESETS[preset]
+    a, b, c = st.columns(3)
+    d = a.number_input("d: pixels", min_value=1, value=d_default, step=1, key=f"wi-d-{preset}", help=ui.HELP["d"],
+                       disabled=dataset is not None)
+    e = b.number_input("e: pixels kept", min_value=1, value=e_default, step=1, key=f"wi-e-{preset}",
+                       help=ui.HELP["e"])
+    if dataset is None:
+        classes = c.number_input("c: classes", min_value=2, max_value=10_000, value=10, step=1, key="wi-c",
+                                 help="Number of labels of the base classifier.")
+        return d, e, [f"label {j}" for j in range(classes)]
+    c.number_input("c: classes", value=len(class_names(dataset)), disabled=True, key=f"wi-c-{preset}")
+    return d, e, class_names(dataset)
+
+
+def counts_editor(names: list[str]) -> np.ndarray:
+    """Label counts in an editable table (an example, or the last certificate's counts)."""
+    loaded = st.session_state.get("wi-loaded")
+    start = example_counts(len(names))
+    if loaded is not None and len(loaded[1]) == len(names):
+        start = np.asarray(loaded[1])
+    table = st.data_editor(
+        pd.DataFrame({"label": names, "count": start}),
+        column_config={"label": st.column_config.TextColumn(disabled=True),
+                       "count": st.column_config.NumberColumn(min_value=0, step=1, format="%d", required=True)},
+        hide_index=True, height=300, key=f"wi-counts-{len(names)}-{st.session_state.get('wi-version', 0)}",
+    )
+    return table["count"].fillna(0).to_numpy(dtype=np.int64)
+
+
+def counts_mode(d: int, e: int, names: list[str]) -> None:
+    """Counts -> certificate (bounds, radii, curves) and the four sweeps."""
+    left, right = st.columns([1, 1.3], gap="large")
+    with left:
+        if ui.CERTIFY_LAST in st.session_state:
+            st.button("Use the counts of the last certificate (Certify page)", on_click=_load_from_certify,
+                      icon=":material/input:")
+        counts = counts_editor(names)
+    with right:
+        loaded = st.session_state.get("wi-loaded")
+        true_default = loaded[2] if loaded is not None and loaded[2] is not None and loaded[2] < len(names) else None
+        label = st.selectbox("True label (fixed in advance)", range(len(names)),
+                             index=int(np.argmax(counts)) if true_default is None else true_default,
+                             format_func=lambda j: names[j], key="wi-label",
+                             help="Certified with confidence 1 - alpha; the top-k picked from the counts are "
+                                  "certified jointly with 1 - 2 alpha.")
+        a, b, c = st.columns(3)
+        k = a.number_input("k", min_value=1, value=3, step=1, key="wi-k", help=ui.HELP["k"])
+        alpha = b.number_input("alpha", min_value=1e-12, max_value=0.5, value=0.001, step=0.001, format="%g",
+                               key="wi-alpha", help=ui.HELP["alpha"])
+        n = c.number_input("n: rescale counts to", min_value=1, value=None, step=1000, key="wi-n",
+                           placeholder=f"{int(counts.sum()):,}", help=ui.HELP["n"] + " Empty: the counts as typed; "
+                           "a number: the same frequencies observed in n samples.")
+    if counts.sum() <= 0:
+        st.error("All counts are zero: enter at least one positive count.")
+        return
+    if n is not None:
+        counts = scale_counts(counts, n)
+    problems = parameter_problems(d=d, e=e, k=k, n=int(counts.sum()), alpha=alpha, num_classes=len(names))
+    if problems:
+        for problem in problems:
+            st.error(problem)
+        return
+    cert = certificate_from_counts(counts, d=d, e=e, k=k, alpha=alpha, label=label)
+    ui.show_certificate(cert, names, key="what-if", context={"source": "what-if", "d": d, "e": e})
+    sweeps(counts, label, d, e, k, alpha, len(names))
+
+
+def sweeps(counts: np.ndarray, label: int, d: int, e: int, k: int, alpha: float, num_classes: int) -> None:
+    """Radius of the true label vs k, e, n and alpha on these counts (the shape of the paper's Figures 1-4)."""
+    st.subheader("Sweeps: the radius of the true label as one parameter moves")
+    n = int(counts.sum())
+    grid = default_grids(d, e, n, num_classes)
+    a, b = st.columns(2)
+    a.plotly_chart(sweep_figure(radius_vs_k(counts, label, d, e, alpha, grid["k"]), k,
+                                "vs k (Figure 1): larger k, larger radius"), key="sweep-k")
+    b.plotly_chart(sweep_figure(radius_vs_e(counts, label, d, k, alpha, grid["e"]), e,
+                                "vs e (Figure 2), same counts", log_x=True), key="sweep-e")
+    a.plotly_chart(sweep_figure(radius_vs_n(counts, label, d, e, k, alpha, grid["n"]), n,
+                                "vs n (Figure 3), same frequencies", log_x=True), key="sweep-n")
+    b.plotly_chart(sweep_figure(radius_vs_alpha(counts, label, d, e, k, grid["alpha"]), alpha,
+                                "vs alpha (Figure 4)", log_x=True), key="sweep-alpha")
+    st.caption("The e sweep keeps the counts fixed, so it shows what the certificate alone does with e; with a "
+               "real base classifier the counts change too (fewer kept pixels, less accurate votes), which is the "
+               "accuracy-robustness trade-off of the paper's Figure 2.")
+
+
+def bounds_mode(d: int, e: int, names: list[str]) -> None:
+    """Eq. 3 typed in directly: a lower bound for the label, upper bounds for all the others."""
+    a, b = st.columns([1, 1.3], gap="large")
+    with a:
+        label = st.selectbox("Label l", range(len(names)), format_func=lambda j: names[j], key="wi-b-label")
+        lower, upper = simuem_bounds(example_counts(len(names)), 0.001)
+        p_lower = st.number_input("Lower bound of p_l", min_value=0.0, max_value=1.0, value=float(lower[label]),
+                                  step=0.01, format="%.6f", key=f"wi-b-lower-{label}",
+                                  help="Eq. 3: p_l <= Pr(f(U) = l).")
+        others = [j for j in range(len(names)) if j != label]
+        table = st.data_editor(
+            pd.DataFrame({"label": [names[j] for j in others], "upper bound": upper[others]}),
+            column_config={"label": st.column_config.TextColumn(disabled=True),
+                           "upper bound": st.column_config.NumberColumn(min_value=0.0, max_value=1.0,
+                                                                        format="%.6f", required=True)},
+            hide_index=True, height=300, key=f"wi-b-uppers-{len(names)}-{label}",
+        )
+        k = st.number_input("k", min_value=1, value=3, step=1, key="wi-b-k", help=ui.HELP["k"])
+    uppers = table["upper bound"].fillna(1.0).to_numpy(dtype=float)
+    problems = [p for p in (e_problem(d, e), k_problem(k, len(names))) if p is not None]
+    for problem in problems:
+        st.error(problem)
+    if problems:
+        return
+    radius = certified_radius(p_lower, uppers, d, e, k)
+    limit = radius_limit(p_lower, uppers, d, e, k)
+    (lower_rounded,), uppers_rounded = rounded_bounds([p_lower], uppers, d, e)
+    with b:
+        m1, m2, m3 = st.columns(3)
+        m1.metric(f"Certified radius (top-{k})", "not certified" if radius < 0 else f"{radius:,}")
+        m2.metric("Theorem 2 limit", "-" if limit is None else f"{limit:,}")
+        m3.metric("p_l after Eq. 4", f"{lower_rounded:.6f}")
+        curves = bound_curves(p_lower, uppers, d, e, k, curve_range(radius, d))
+        st.plotly_chart(curves_figure(curves, radius, limit, names[label]), key="bounds-curves")
+        st.caption(f"Upper bounds after Eq. 4 (rounded down to multiples of 1/C({d:,}, {e:,})): largest "
+                   f"{', '.join(f'{u:.6f}' for u in sorted(uppers_rounded, reverse=True)[:k])}.")
+
+
+def body() -> None:
+    st.title("What-if: certify label counts")
+    st.markdown("No model here: type label counts (or probability bounds) and see the bounds, the Eq. 6 curves and "
+                "the certified radius update, then sweep k, e, n and alpha. Try the paper's settings or your own.")
+    d, e, names = setting()
+    mode = st.segmented_control("Start from", ["Label counts", "Bounds (Eq. 3)"], default="Label counts",
+                                key="wi-mode") or "Label counts"
+    if mode == "Label counts":
+        counts_mode(d, e, names)
+    else:
+        bounds_mode(d, e, names)
+
+
+ui.guard(body)

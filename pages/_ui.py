@@ -1,0 +1,227 @@
+"""Streamlit pieces shared by the pages: the error guard, cached resources and the certificate view.
+
+Only widgets and layout live here; every number comes from certcore.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import streamlit as st
+import torch
+from torch import nn
+
+from certcore.certify import Certificate
+from certcore.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
+from certcore.data import Sample, bundled_samples
+from certcore.default_result import DefaultResult, checkpoint_dir, load_default
+from certcore.explain import bound_rows, certificate_json, counts_csv, curve_range, curves_for, radius_rows, reading
+from certcore.figures import counts_figure, curves_figure
+from certcore.interactive import SampledCounts
+
+log = logging.getLogger("certcore.app")
+CERTIFY_LAST = "certify.last"  # session key of the Certify page's result on display (a Shown)
+
+HELP = {
+    "e": "e: pixels kept in each ablated copy (Section 2.1). The rest are ablated. Smaller e: larger radius but a "
+         "less accurate base classifier. The paper uses e = 50 (CIFAR10) and e = 1,000 (ImageNet).",
+    "k": "k: the smoothed classifier returns its k most likely labels; a label is certified if it provably stays "
+         "among them (Theorem 1). The paper's default is k = 3.",
+    "n": "n: number of ablated samples whose labels are counted (the Monte Carlo estimate of Eq. 8). Larger n: "
+         "tighter bounds, slower. The paper uses n = 100,000.",
+    "alpha": "alpha: allowed failure probability of the bounds (Eq. 8). The true label is certified with "
+             "confidence 1 - alpha, labels picked from the counts jointly with 1 - 2 alpha. Paper: 0.001.",
+    "seed": "Seed of the random ablations: the same image, checkpoint, e, n and seed give the same counts.",
+    "d": "d: pixels in the image (H x W; the channels of a pixel are kept or ablated together).",
+}
+
+
+@dataclass(frozen=True)
+class Shown:
+    """A result on display: its counts, the image and inputs they came from, and how they were obtained."""
+
+    key: str
+    sampled: SampledCounts
+    image: torch.Tensor
+    context: dict[str, Any]
+    how: str  # "sampled", "cached", "stored", "partial"
+
+
+def _through_app_navigation() -> None:
+    """Make sure the page runs under app.py's ``st.navigation`` (wide layout, page titles).
+
+    A server whose first request is a link to a page (not /) runs that page in Streamlit's legacy mode for a
+    ``pages/`` folder, without app.py, and stays in it until someone opens /. On a session's first run, leave
+    that mode and rerun: the rerun goes through app.py, which opens the page that was asked for. (Only on the
+    first run: a rerun would drop the click that triggered a later one.)
+    """
+    from streamlit.runtime.pages_manager import PagesManager  # no public switch for this
+
+    first_run = not st.session_state.get("app.navigation-checked")
+    st.session_state["app.navigation-checked"] = True
+    if first_run and PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+def guard(body: Callable[[], None]) -> None:
+    """Run a page body; an unexpected error is shown as a short message, never as a stack trace.
+
+    Streamlit's own stop and rerun signals are BaseExceptions and pass through untouched.
+    """
+    _through_app_navigation()
+    try:
+        body()
+    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a readable message
+        log.exception("page failed")
+        st.error(f"Something went wrong: {type(exc).__name__}: {exc}. Change the inputs or reload the page; "
+                 "if it persists, please report it with the page's URL.")
+
+
+@st.cache_resource(show_spinner=False)
+def samples(dataset: str) -> list[Sample]:
+    """The bundled sample images of a dataset, loaded once per process."""
+    return bundled_samples(dataset)
+
+
+@st.cache_data(show_spinner=False, ttl=600)
+def _checkpoints(directory: str, stamp: tuple[tuple[str, float, int], ...]) -> list[CheckpointInfo]:
+    return list_checkpoints(directory)
+
+
+def checkpoints() -> list[CheckpointInfo]:
+    """Valid checkpoints in the app's checkpoint folder (re-read when a file there changes)."""
+    directory = checkpoint_dir()
+    files = sorted(directory.glob("*.pt")) if directory.is_dir() else []
+    stamp = tuple((p.name, p.stat().st_mtime, p.stat().st_size) for p in files)
+    return _checkpoints(str(directory), stamp)
+
+
+@st.cache_resource(show_spinner="Loading the base classifier ...", max_entries=4)
+def model(path: str, weights_sha256: str, device: str) -> nn.Module:
+    """A checkpoint's model on ``device``, loaded once per process (the hash makes a replaced file reload)."""
+    return load_checkpoint(path, device=device)[0]
+
+
+@st.cache_resource(show_spinner=False)
+def default_result() -> DefaultResult | None:
+    """The stored default certificate (certcore/default_certificate.json)."""
+    return load_default()
+
+
+class CountsStore:
+    """Completed sampling results shared by all sessions of this process, by ``counts_key`` (bounded LRU)."""
+
+    def __init__(self, capacity: int = 256) -> None:
+        self._items: OrderedDict[str, SampledCounts] = OrderedDict()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> SampledCounts | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+            return self._items.get(key)
+
+    def put(self, key: str, value: SampledCounts) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self._capacity:
+                self._items.popitem(last=False)
+
+
+@st.cache_resource(show_spinner=False)
+def counts_store() -> CountsStore:
+    """The process-wide cache of sampled counts: a certification is computed once per set of inputs."""
+    return CountsStore()
+
+
+def devices() -> list[str]:
+    """Devices to sample on: every CUDA device first when present, then the CPU."""
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())] + ["cpu"]
+
+
+def threads_note() -> str:
+    """A caption about CPU threads (sampling speed on a CPU depends on them)."""
+    return f"{torch.get_num_threads()} CPU threads, {os.cpu_count()} cores visible"
+
+
+def _radius_text(radius: int) -> str:
+    return "not certified" if radius < 0 else ("1 pixel" if radius == 1 else f"{radius:,} pixels")
+
+
+def show_certificate(cert: Certificate, names: Sequence[str], *, key: str, context: dict[str, Any]) -> None:
+    """The full view of a certificate: reading in words, radii, counts chart, Eq. 6 curves, bounds, export."""
+    with st.container(border=True):
+        st.markdown(reading(cert, names))
+    rows = radius_rows(cert, names)
+    st.dataframe(
+        [
+            {
+                "label": f"{r.name} ({r.label})",
+                "role": r.role,
+                f"certified radius, top-{cert.k} (Thm 1)": _radius_text(r.radius),
+                "Theorem 2 limit": "-" if r.theorem2_limit is None else f"{r.theorem2_limit:,}",
+                "top-1 radius (Thm 1)": _radius_text(r.top1_radius),
+                "top-1, Levine & Feizi": _radius_text(r.levine_feizi_top1),
+            }
+            for r in rows
+        ],
+        hide_index=True,
+    )
+    st.caption(
+        "Radius: largest number of pixels an attacker may change (to any values) while the label provably stays "
+        f"in the top {cert.k}. Theorem 2 limit: no certificate from the same bounds can exceed it (-: its "
+        "assumptions do not hold for these bounds, e.g. upper bounds summing past 1 at small n). The last two "
+        "columns compare top-1 radii from the same counts: this paper's (with Eq. 4 rounding) is never smaller "
+        "than Levine & Feizi's."
+    )
+    labels = [r.label for r in rows]
+    chosen = st.pills(
+        "Eq. 6 curves for", labels, default=labels[0], format_func=lambda j: names[j], key=f"{key}-curve-label",
+        help="Theorem 1: the radius is the last r where the label's lower bound minus D(r) (lhs) stays above the "
+             "min over t of (sum of the t smallest of the k largest other upper bounds + D(r)) / t (rhs).",
+    )
+    row = next(r for r in rows if r.label == chosen) if chosen in labels else rows[0]
+    left, right = st.columns(2)
+    left.plotly_chart(counts_figure(cert.counts, names, cert.top_k, cert.label), key=f"{key}-counts")
+    curves = curves_for(cert, row.label, curve_range(row.radius, cert.d))
+    right.plotly_chart(curves_figure(curves, row.radius, row.theorem2_limit, row.name), key=f"{key}-curves")
+    with st.expander("Bounds of every label: SimuEM (Eq. 8) and rounded to the 1/C(d, e) grid (Eq. 4)"):
+        show_all = len(names) <= 20 or st.toggle("Show all labels", key=f"{key}-all-bounds")
+        st.dataframe(
+            [
+                {
+                    "label": f"{b.name} ({b.label})",
+                    "count": b.count,
+                    "frequency": b.frequency,
+                    "lower (Eq. 8)": b.lower,
+                    "upper (Eq. 8)": b.upper,
+                    "lower rounded (Eq. 4)": b.lower_rounded,
+                    "upper rounded (Eq. 4)": b.upper_rounded,
+                }
+                for b in bound_rows(cert, names, None if show_all else 20)
+            ],
+            hide_index=True,
+            column_config={c: st.column_config.NumberColumn(format="%.6f") for c in
+                           ("frequency", "lower (Eq. 8)", "upper (Eq. 8)", "lower rounded (Eq. 4)",
+                            "upper rounded (Eq. 4)")},
+        )
+        st.caption(
+            f"Each bound is one-sided at level alpha/c = {cert.alpha / len(names):.2g}. Every label probability is "
+            f"a multiple of 1/C(d, e) (C({cert.d:,}, {cert.e:,}) equally likely ablations), so Eq. 4 rounds lower "
+            "bounds up and upper bounds down to that grid; for real image sizes the grid is far finer than the "
+            "digits shown."
+        )
+    a, b = st.columns(2)
+    a.download_button("Download certificate (JSON)", certificate_json(cert, context), file_name="certificate.json",
+                      mime="application/json", key=f"{key}-json", icon=":material/download:")
+    b.download_button("Download counts (CSV)", counts_csv(cert, names), file_name="counts.csv", mime="text/csv",
+                      key=f"{key}-csv", icon=":material/download:")

@@ -1,0 +1,303 @@
+"""Certify an image: pick a checkpoint and an image, sample ablated copies, read the certificate (Theorem 1)."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import streamlit as st
+import torch
+
+from certcore.ablation import ablated_previews
+from certcore.checkpoints import CheckpointInfo
+from certcore.data import class_names, load_uploaded_image
+from certcore.default_result import APP_DEFAULTS, DEFAULT_CHECKPOINT, DefaultResult, checkpoint_dir
+from certcore.explain import parameter_problems
+from certcore.figures import enlarge, mosaic
+from certcore.interactive import ProgressReporter, counts_key, format_duration, sample_image
+from pages import _ui as ui
+
+DATASETS = {"CIFAR10": "cifar10", "ImageNet": "imagenet"}  # shown (and in the URL) -> certcore's name
+TRAIN_COMMAND = {
+    "cifar10": "python -m certcore.train --dataset cifar10 --arch resnet20 --e 50 --init clean-resnet20 \\\n"
+               f"    --out checkpoints/{DEFAULT_CHECKPOINT} --state runs/cifar10_resnet20_e50/state.pt",
+    "imagenet": "python -m certcore.train --dataset imagenet --arch resnet50 --e 1000 \\\n"
+                "    --data-root /path/to/imagenet/train --device cuda \\\n"
+                "    --out checkpoints/imagenet_resnet50_e1000.pt --state runs/imagenet_resnet50_e1000/state.pt",
+}
+STOPPED = "certify.stopped"    # set by the Stop button's callback
+COMPLETE = "certify.complete"  # set by the "Run all n samples" button's callback
+VISITED = "certify.visited"    # this session has run the page before
+URL_KEYS = ("dataset", "checkpoint", "image", "e", "k", "n", "alpha", "seed")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The image being looked at: pixels, true label (if known), a caption and whether a link can name it."""
+
+    image: torch.Tensor
+    label: int | None
+    caption: str
+    in_url: bool
+
+
+def _request_stop() -> None:
+    st.session_state[STOPPED] = True
+
+
+def _request_complete() -> None:
+    st.session_state[COMPLETE] = True
+
+
+def _use_image(image_id: str) -> None:
+    st.session_state["image"] = image_id
+
+
+def checkpoint_picker(dataset: str) -> CheckpointInfo | None:
+    """Choose among the dataset's checkpoints (with their metadata); explain how to get one if there is none."""
+    infos = {c.name: c for c in ui.checkpoints() if c.metadata.get("dataset") == dataset}
+    if not infos:
+        st.warning(
+            f"No {'ImageNet' if dataset == 'imagenet' else 'CIFAR10'} checkpoint in `{checkpoint_dir()}`. "
+            + ("A ResNet-50 trained with ablation on ImageNet is days of GPU time and none ships with certcore. "
+               if dataset == "imagenet" else "")
+            + "Train one (ImageFolder layout for ImageNet) and the app lists it on the next reload:"
+        )
+        st.code(TRAIN_COMMAND[dataset], language="bash")
+        st.caption("Any certcore checkpoint file (`*.pt`) in that folder works; set `CERTCORE_CHECKPOINTS` to use "
+                   "another folder. Without a model, the What-if page certifies label counts at any size.")
+        return None
+    name = st.selectbox("Checkpoint (base classifier)", list(infos), key="checkpoint", bind="query-params",
+                        help="A base classifier trained on ablated images (certcore.train); its metadata below.")
+    meta = infos[name].metadata
+    acc = meta.get("accuracies", {}).get("eval500_ablated")
+    st.caption(
+        f"{meta['arch']} · trained with e = {meta['e']} · "
+        + (f"accuracy on ablated test images {acc:.1%} · " if acc is not None else "")
+        + f"trained on {meta.get('device', 'unknown device')} · weights {meta['weights_sha256'][:12]}"
+    )
+    return infos[name]
+
+
+def image_picker(dataset: str, names: list[str], default: DefaultResult | None) -> Selection | None:
+    """Bundled sample (dropdown bound to the URL, random pick, gallery filtered by class) or an upload."""
+    source = st.segmented_control("Image source", ["Bundled sample", "Upload"], default="Bundled sample",
+                                  key="source", help="Bundled images ship with certcore; uploads are resized "
+                                  "and centre-cropped to the dataset's input size.") or "Bundled sample"
+    if source == "Upload":
+        st.query_params.pop("image", None)
+        upload = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"])
+        if upload is None:
+            st.info("Choose an image file to certify.")
+            return None
+        try:
+            image = load_uploaded_image(upload.getvalue(), dataset)
+        except ValueError as exc:
+            st.error(f"That file cannot be used: {exc}")
+            return None
+        label = st.selectbox("True label, if you know it", [None, *range(len(names))],
+                             format_func=lambda j: "unknown" if j is None else names[j],
+                             help="A true label fixed before sampling is certified with confidence 1 - alpha.")
+        return Selection(image, label, f"{upload.name} (uploaded; not part of the page's link)", in_url=False)
+    bundled = {s.id: s for s in ui.samples(dataset)}
+    ids = list(bundled)
+    first = default.image if default is not None and default.image in bundled else ids[0]
+    if "image" not in st.session_state and st.query_params.get("image") in bundled:
+        st.session_state["image"] = st.query_params["image"]  # bound by hand: the URL carries the plain id
+    image_id = st.selectbox("Image", ids, index=ids.index(first), key="image",
+                            format_func=lambda i: f"{bundled[i].class_name} · {i}")
+    st.query_params["image"] = image_id
+    st.button("Random image", on_click=_use_image, args=(random.choice(ids),), icon=":material/casino:")
+    with st.expander("Gallery"):
+        classes = sorted({s.class_name for s in bundled.values()})
+        shown_class = st.selectbox("Class", ["all classes", *classes], key=f"gallery-{dataset}")
+        pool = [s for s in bundled.values() if shown_class in ("all classes", s.class_name)][:20]
+        for row in range(0, len(pool), 5):
+            for col, s in zip(st.columns(5), pool[row : row + 5], strict=False):
+                col.image(enlarge(s.image, 64), caption=s.class_name)
+                col.button("Use", key=f"use-{s.id}", on_click=_use_image, args=(s.id,))
+    sample = bundled[image_id]
+    return Selection(sample.image, sample.label, f"{sample.class_name} · {sample.id}", in_url=True)
+
+
+def parameter_form(info: CheckpointInfo | None, default: DefaultResult | None) -> tuple[bool, dict[str, Any]]:
+    """e, k, n, alpha, seed, batch size and device, submitted together."""
+    base = APP_DEFAULTS if default is None else {
+        "k": default.k, "n": default.sampled.n, "alpha": default.alpha, "seed": default.sampled.run.seed}
+    e_default = int(info.metadata["e"]) if info is not None else 50
+    with st.form("certify-parameters", border=True):
+        p = {
+            "e": st.number_input("e: pixels kept per ablation", min_value=1, value=e_default, step=1, key="e",
+                                 bind="query-params", help=ui.HELP["e"] + " Default: the e the checkpoint was "
+                                 "trained with."),
+            "k": st.number_input("k: certify the top-k", min_value=1, value=base["k"], step=1, key="k",
+                                 bind="query-params", help=ui.HELP["k"]),
+            "n": st.number_input("n: ablated samples", min_value=1, value=base["n"], step=1000, key="n",
+                                 bind="query-params", help=ui.HELP["n"] + " On a CPU try 10,000 first."),
+            "alpha": st.number_input("alpha: failure probability", min_value=1e-12, max_value=0.5,
+                                     value=base["alpha"], step=0.001, format="%g", key="alpha",
+                                     bind="query-params", help=ui.HELP["alpha"]),
+            "seed": st.number_input("seed", min_value=0, value=base["seed"], step=1, key="seed",
+                                    bind="query-params", help=ui.HELP["seed"]),
+        }
+        with st.expander("Speed: batch size and device"):
+            p["batch_size"] = st.number_input("Batch size", min_value=1, max_value=100_000, value=500, step=100,
+                                              help="Ablated samples per forward pass. Progress and Stop act once "
+                                                   "per batch. On CUDA the counts depend on it (the seed's random "
+                                                   "stream is laid out per batch), on a CPU they do not.")
+            p["device"] = st.selectbox("Device", ui.devices(), help="CUDA when present. " + ui.threads_note())
+        submitted = st.form_submit_button("Certify", type="primary", icon=":material/verified_user:",
+                                          disabled=info is None)
+    return submitted, p
+
+
+def sample_with_progress(info: CheckpointInfo, selection: Selection, p: dict[str, Any], key: str,
+                         context: dict[str, Any]) -> None:
+    """Sample with a live progress bar and a Stop button. A click during the run (Stop or any other widget)
+    makes Streamlit interrupt the script at the next progress update: the reporter turns that into a clean
+    cancel, the partial counts are stored for display, and only then is the interruption passed on."""
+    bar = st.progress(0.0, text="Loading the base classifier ...")
+    stop = st.empty()
+    stop.button("Stop", on_click=_request_stop, icon=":material/stop_circle:",
+                help="Ends sampling after the current batch; the samples drawn so far are certified.")
+    st.session_state[STOPPED] = False
+    net = ui.model(str(info.path), info.metadata["weights_sha256"], p["device"])
+    reporter = ProgressReporter(lambda fraction, text: bar.progress(fraction, text=text))
+    sampled = sample_image(net, selection.image, e=p["e"], n=p["n"], seed=p["seed"], label=selection.label,
+                           batch_size=p["batch_size"], device=p["device"],
+                           checkpoint=info.metadata["weights_sha256"], progress=reporter)
+    how = "partial" if sampled.partial else "sampled"
+    st.session_state[ui.CERTIFY_LAST] = ui.Shown(key, sampled, selection.image, context, how)
+    if not sampled.partial:
+        ui.counts_store().put(key, sampled)
+    reporter.resume_interruption()
+    stop.empty()
+
+
+def run(info: CheckpointInfo, selection: Selection, p: dict[str, Any], key: str, context: dict[str, Any],
+        complete: bool) -> None:
+    """Certify the selection: the same counts again (k or alpha changed), cached counts, or fresh sampling."""
+    last: ui.Shown | None = st.session_state.get(ui.CERTIFY_LAST)
+    if last is not None and last.key == key and not complete:
+        st.toast(f"Re-certified the same {last.sampled.samples:,} samples for k = {p['k']}, alpha = {p['alpha']:g}: "
+                 "no new sampling.", icon=":material/bolt:")
+        return
+    hit = ui.counts_store().get(key)
+    if hit is not None:
+        st.session_state[ui.CERTIFY_LAST] = ui.Shown(key, hit, selection.image, context, "cached")
+        return
+    sample_with_progress(info, selection, p, key, context)
+
+
+def show_result(shown: ui.Shown, names: list[str], current_key: str | None, k: int, alpha: float) -> None:
+    """The certificate of the displayed counts at the current k and alpha, with where it came from."""
+    s, ctx = shown.sampled, shown.context
+    run_info = s.run
+    st.subheader(f"Certificate: {ctx['image']}")
+    how = {
+        "sampled": f"sampled now in {format_duration(run_info.seconds)} ({run_info.samples_per_second:,.0f} "
+                   f"samples/s) on {run_info.device}",
+        "cached": "counts reused from an earlier run with the same inputs (no new sampling)",
+        "stored": f"stored result (certcore/default_certificate.json), sampled on {run_info.device}",
+        "partial": f"partial: sampled on {run_info.device}",
+    }[shown.how]
+    st.caption(f"{ctx['checkpoint']} · e = {s.e} · n = {s.samples:,} · seed {run_info.seed} · {how}")
+    if shown.how == "partial":
+        who = "You stopped" if st.session_state.get(STOPPED) else "Another click interrupted"
+        st.warning(
+            f"**Partial result.** {who} the run after {s.samples:,} of {s.n:,} samples. The certificate below is "
+            f"valid for the {s.samples:,} samples drawn: when to stop did not depend on the counts, which are not "
+            "shown while sampling."
+        )
+        st.button(f"Run all {s.n:,} samples", on_click=_request_complete, icon=":material/replay:")
+    if current_key is not None and shown.key != current_key:
+        st.info("The inputs above changed since this result was computed: press **Certify** to certify them.")
+    cert = s.certificate(k, alpha)
+    ui.show_certificate(cert, names, key="certify", context=ctx)
+
+
+def stored_result(default: DefaultResult | None, dataset: str) -> ui.Shown | None:
+    """The stored default result as a displayable one, if it belongs to ``dataset``."""
+    if default is None or default.dataset != dataset:
+        return None
+    sample = {s.id: s for s in ui.samples(dataset)}[default.image]
+    key = counts_key(sample.image, default.weights_sha256, e=default.sampled.e, n=default.sampled.n,
+                     seed=default.sampled.run.seed, device="cpu", batch_size=default.sampled.run.batch_size)
+    context = {"dataset": dataset, "image": f"{sample.class_name} · {sample.id}", "checkpoint": default.checkpoint,
+               "weights_sha256": default.weights_sha256, "e": default.sampled.e, "n": default.sampled.n,
+               "seed": default.sampled.run.seed, "device": default.sampled.run.device}
+    return ui.Shown(key, default.sampled, sample.image, context, "stored")
+
+
+def whats_seen(selection: Selection, e: int, seed: int, d: int) -> None:
+    """A few ablated copies of the image, as the base classifier sees them (grey = ablated)."""
+    if not 1 <= e <= d:
+        return
+    previews = ablated_previews(selection.image, e, 8, seed)
+    tiles = np.stack([enlarge(x.numpy(), 60) for x in previews])
+    st.image(mosaic(tiles, columns=4), width=256 if d <= 1024 else "stretch")
+    st.caption(f"What the classifier sees: 8 random ablations keeping e = {e:,} of d = {d:,} pixels (grey = "
+               "ablated; the model gets a 6-channel encoding that marks them).")
+
+
+def body() -> None:
+    st.title("Certify an image")
+    st.markdown(
+        "The smoothed classifier classifies many randomly **ablated** copies of the image (only e pixels kept) and "
+        "returns the k labels it sees most often. From the label counts, Theorem 1 certifies how many pixels an "
+        "attacker may change without pushing a label out of the top k."
+    )
+    from_link = not st.session_state.get(VISITED) and any(q in st.query_params for q in URL_KEYS)
+    st.session_state[VISITED] = True  # a link reproduces its run once, when it is opened
+    default = ui.default_result()
+    pick, view, form = st.columns([1.15, 1, 1], gap="medium")
+    with pick:
+        shown = st.radio("Dataset", list(DATASETS), key="dataset", horizontal=True, bind="query-params",
+                         help="CIFAR10: 32x32 images, 10 classes. ImageNet: 224x224, 1,000 classes.")
+        dataset = DATASETS[shown]
+        names = class_names(dataset)
+        info = checkpoint_picker(dataset)
+        selection = image_picker(dataset, names, default if default and default.dataset == dataset else None)
+    with form:
+        submitted, p = parameter_form(info, default)
+    if selection is None:
+        return
+    d = selection.image.shape[1] * selection.image.shape[2]
+    with view:
+        st.image(enlarge(selection.image, 256), caption=selection.caption)
+        whats_seen(selection, p["e"], p["seed"], d)
+
+    problems = parameter_problems(d=d, e=p["e"], k=p["k"], n=p["n"], alpha=p["alpha"], num_classes=len(names))
+    key = None
+    if info is not None and 1 <= p["e"] <= d:
+        key = counts_key(selection.image, info.metadata["weights_sha256"], e=p["e"], n=p["n"], seed=p["seed"],
+                         device=p["device"], batch_size=p["batch_size"])
+    stored = stored_result(default, dataset)
+    if stored is not None:  # the stored result is a completed run like any other
+        ui.counts_store().put(stored.key, stored.sampled)
+    complete = bool(st.session_state.pop(COMPLETE, False))
+    if submitted or from_link or complete:
+        if problems:
+            for problem in problems:
+                st.error(problem)
+            return
+        if info is not None and key is not None:
+            context = {"dataset": dataset, "image": selection.caption, "checkpoint": info.name,
+                       "weights_sha256": info.metadata["weights_sha256"], "e": p["e"], "n": p["n"],
+                       "seed": p["seed"], "device": p["device"], "batch_size": p["batch_size"]}
+            run(info, selection, p, key, context, complete)
+    shown: ui.Shown | None = st.session_state.get(ui.CERTIFY_LAST)
+    shown = shown or stored
+    if shown is None or shown.context["dataset"] != dataset:
+        st.info("Choose the parameters and press **Certify**.")
+        return
+    bad_k_alpha = [x for x in problems if x.startswith(("k =", "alpha ="))]
+    for problem in bad_k_alpha:
+        st.error(problem)
+    if not bad_k_alpha:
+        show_result(shown, names, key, p["k"], p["alpha"])
+
+
+ui.guard(body)

@@ -1,0 +1,58 @@
+"""Shared set-up of the app tests: an untrained checkpoint in a temporary folder and an AppTest on a page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from certcore.checkpoints import save_checkpoint
+from certcore.data import class_names
+from certcore.models import build_model
+
+APP = str(Path(__file__).resolve().parents[1] / "app.py")
+TIMEOUT = 180  # seconds per script run: the first one imports torch and plotly on a loaded machine
+
+
+def write_checkpoint(folder: Path) -> Path:
+    """An untrained CIFAR10 ResNet-20 (e = 50) saved as a valid certcore checkpoint: fast to load and run."""
+    meta = {"dataset": "cifar10", "arch": "resnet20", "e": 50, "num_classes": 10,
+            "class_names": class_names("cifar10"), "encoding": "levine-feizi-2c", "in_channels": 6,
+            "device": "test fixture (untrained)"}
+    path = folder / "cifar10_resnet20_e50.pt"
+    save_checkpoint(path, build_model("resnet20", 10).eval(), meta)
+    return path
+
+
+@pytest.fixture
+def app_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CERTCORE_CHECKPOINTS with one untrained checkpoint, CERTCORE_RESULTS empty; returns the results folder."""
+    root = tmp_path_factory.mktemp("app")
+    (root / "checkpoints").mkdir()
+    write_checkpoint(root / "checkpoints")
+    monkeypatch.setenv("CERTCORE_CHECKPOINTS", str(root / "checkpoints"))
+    monkeypatch.setenv("CERTCORE_RESULTS", str(root / "results"))
+    return root / "results"
+
+
+def open_page(page: str | None = None, query: dict[str, str] | None = None) -> AppTest:
+    """The app on ``page`` (a path like ``pages/what_if.py``; None: the default page), run once."""
+    at = AppTest.from_file(APP, default_timeout=TIMEOUT)
+    for key, value in (query or {}).items():
+        at.query_params[key] = value
+    if page is not None:
+        at.switch_page(page)
+    return at.run()
+
+
+def texts(at: AppTest) -> str:
+    """Every markdown, caption, info, warning, error and success text of the last run, joined."""
+    parts = [*at.markdown, *at.caption, *at.info, *at.warning, *at.error, *at.success]
+    return "\n".join(str(p.value) for p in parts)
+
+
+def assert_clean(at: AppTest) -> None:
+    """No uncaught exception and no error box."""
+    assert not at.exception, at.exception
+    assert not at.error, [e.value for e in at.error]

@@ -1,0 +1,69 @@
+"""What-if, Certified accuracy and Learn pages (AppTest): defaults render, inputs update, bad inputs explained."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
+
+pytestmark = pytest.mark.usefixtures("app_env")
+
+
+def test_what_if_counts_update_the_certificate():
+    at = open_page("pages/what_if.py")
+    assert_clean(at)
+    assert "any 15 of the 1,024 pixels" in texts(at)  # README example: k = 3, alpha = 0.001
+    assert len(at.get("plotly_chart")) == 6  # counts, Eq. 6 curves, four sweeps
+    at.number_input(key="wi-k").set_value(1).run()
+    assert_clean(at)
+    assert "stays the top-1 prediction under any 8 pixels" in texts(at)
+    at.number_input(key="wi-n").set_value(1000).run()  # the same frequencies in n = 1,000 samples
+    assert "Label counts, n = 1,000" in at.get("plotly_chart")[0].proto.spec
+
+
+def test_what_if_imagenet_preset_and_bad_inputs():
+    at = open_page("pages/what_if.py")
+    at.button_group(key="wi-preset").set_value("ImageNet").run()
+    assert_clean(at)
+    assert "of the 50,176 pixels" in texts(at)
+    at.number_input(key="wi-k").set_value(1000).run()
+    assert not at.exception and "k = 1000 is not below the number of classes c = 1000" in at.error[0].value
+    at.button_group(key="wi-preset").set_value("Custom").run()
+    at.number_input(key="wi-k").set_value(3)
+    at.number_input(key="wi-d-Custom").set_value(100)
+    at.number_input(key="wi-e-Custom").set_value(200).run()
+    assert not at.exception and "e = 200 pixels kept per ablation is not possible" in at.error[0].value
+
+
+def test_what_if_bounds_mode():
+    at = open_page("pages/what_if.py")
+    at.button_group(key="wi-mode").set_value("Bounds (Eq. 3)").run()
+    assert_clean(at)
+    assert at.metric[0].value == "15"  # the README example's SimuEM bounds, k = 3
+    at.number_input(key="wi-b-lower-0").set_value(0.01).run()
+    assert_clean(at)
+    assert at.metric[0].value == "not certified"
+
+
+def test_accuracy_page_without_results_explains_and_runs_live(shared_data):
+    at = open_page("pages/accuracy.py")
+    assert_clean(at)
+    assert "No results files" in texts(at) and "python -m certcore.evaluate" in at.code[0].value
+    at.number_input(key="acc-images").set_value(2)
+    at.number_input(key="acc-n").set_value(100)
+    at.button(key="FormSubmitter:acc-live-Evaluate").click().run()
+    assert_clean(at)
+    assert at.multiselect(key="acc-files").value == ["live_cifar10_resnet20_e50_n100_a0.001_s0.jsonl"]
+    figure = at.get("plotly_chart")[0].proto.spec
+    assert "top-1 · cifar10_resnet20_e50 · n=100 · α=0.001 · 2 images" in figure and "paper Table 1" in figure
+
+
+def test_learn_toy_is_exact_and_shows_tightness():
+    at = open_page("pages/learn.py")
+    assert_clean(at)
+    captions = [img.caption for x in at.main if type(x).__name__ == "Image" for img in x.proto.imgs]
+    assert any(c.startswith("All C(9, 2) = 36 ablations") for c in captions)
+    assert "Brute force over all" in at.success[0].value
+    assert "is pushed out of the top 1" in texts(at)
+    at.slider(key="toy-e").set_value(8).run()
+    assert not at.exception and not at.error
