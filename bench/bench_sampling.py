@@ -81,9 +81,9 @@ def randperm_batch(image: torch.Tensor, b: int, generator: torch.Generator) -> t
 
 
 def ours_batch(image: torch.Tensor, b: int, generator: torch.Generator) -> torch.Tensor:
-    """The encodings sample_counts feeds the model (draw, encode, channels_last)."""
+    """The encodings sample_counts feeds the model, made as it makes them (draw, encode, channels_last)."""
     keep = draw_keep_masks(b, H, W, E, generator)
-    return encode_ablated(image.expand(b, -1, -1, -1), keep).contiguous(memory_format=torch.channels_last)
+    return encode_ablated(image.unsqueeze(0), keep).contiguous(memory_format=torch.channels_last)
 
 
 def loop_counts(model: nn.Module, image: torch.Tensor, n: int, batch: int, make_batch: Callable) -> torch.Tensor:
