@@ -1,0 +1,154 @@
+"""Many visitors at once: two app sessions certify at the same time on one process with one shared cached model.
+
+Through ``AppTest`` (the real Certify page, its form and its ``st.cache_resource`` model): each session is first run
+alone, then both together in two threads. While both are inside ``sample_counts`` at once (a barrier in the
+progress callback proves it: if one session held a lock the other needed, the barrier would time out), a third
+session loads the What-if page. Then the two are released and must end with exactly the counts they had alone.
+
+CUDA is not exercised here (no GPU): ``certcore.sampling`` has no lock or queue around GPU sampling, so sessions
+on one GPU run their batches interleaved on the device, each with its own ``torch.Generator`` (which is why the
+counts stay reproducible); see README "Reliability and security".
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import streamlit as st
+import torch
+from streamlit.testing.v1 import AppTest
+
+import certcore.interactive
+from certcore.ablation import ablate
+from certcore.checkpoints import save_checkpoint
+from certcore.data import bundled_samples, class_names
+
+REPO = Path(__file__).resolve().parents[1]
+N, BATCH, SEEDS = 100, 25, (11, 12)
+
+
+def spread_model(image: torch.Tensor) -> torch.nn.Module:
+    """A ResNet-20 whose vote varies with the ablation: its last layer is re-centred on the features of ablated
+    copies of ``image``, so two seeds give different counts (an untrained model votes for one class)."""
+    from certcore.models import build_model
+
+    torch.manual_seed(3)
+    model = build_model("resnet20", 10).eval()
+    feats: list[torch.Tensor] = []
+    hook = model.net.linear.register_forward_hook(lambda _m, inputs, _o: feats.append(inputs[0]))
+    with torch.no_grad():
+        model(ablate(image.expand(64, -1, -1, -1), 50, torch.Generator().manual_seed(0)))
+        hook.remove()
+        weight = 0.3 * torch.randn(10, 64) / (feats[0].std(0) + 1e-6)
+        model.net.linear.weight.copy_(weight)
+        model.net.linear.bias.copy_(-(weight @ feats[0].mean(0)))
+    return model
+
+
+@pytest.fixture()
+def app_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    image_id = bundled_samples("cifar10")[1].id
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    save_checkpoint(folder / "shared.pt", spread_model(bundled_samples("cifar10")[1].image),
+                    {"dataset": "cifar10", "arch": "resnet20", "e": 50, "num_classes": 10,
+                     "class_names": class_names("cifar10"), "encoding": "levine-feizi-2c"})
+    monkeypatch.setenv("CERTCORE_CHECKPOINTS", str(folder))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # two sessions share 2 busy cores; more threads would only oversubscribe them
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    yield image_id
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    torch.set_num_threads(threads)
+
+
+def certify_session(image_id: str, seed: int) -> AppTest:
+    """One visitor: opens the app, picks the image, sets n, seed and batch size in the form, presses Certify."""
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state["image"] = image_id
+    at.run()
+    at.number_input(key="n").set_value(N)
+    at.number_input(key="seed").set_value(seed)
+    next(w for w in at.number_input if w.label == "Batch size").set_value(BATCH)
+    at.form_submit_button[0].click()
+    at.run()
+    return at
+
+
+def counts_of(at: AppTest) -> tuple[int, ...]:
+    assert not at.exception and not at.error, [x.value for x in (*at.exception, *at.error)]
+    shown = at.session_state["certify.last"]
+    assert shown.how == "sampled" and shown.sampled.samples == N and shown.sampled.run.seed in SEEDS
+    return shown.sampled.counts
+
+
+def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monkeypatch) -> None:
+    real = certcore.interactive.sample_counts
+    models: list[int] = []
+    both_inside = threading.Event()
+    barrier = threading.Barrier(2, action=both_inside.set)
+    release = threading.Event()
+    concurrent = threading.Event()  # set: the two-session phase (sampling runs in AppTest's script threads)
+
+    def sample_counts(model, image, e, n, *, progress=None, **kwargs):
+        models.append(id(model))
+        first = [True]
+
+        def hooked(done: int, total: int) -> Any:
+            if concurrent.is_set() and first[0]:
+                first[0] = False
+                barrier.wait(timeout=60)  # both sessions have drawn and classified their first batch
+                release.wait(timeout=60)
+            return progress(done, total) if progress is not None else None
+
+        return real(model, image, e, n, progress=hooked, **kwargs)
+
+    monkeypatch.setattr(certcore.interactive, "sample_counts", sample_counts)
+
+    alone, seconds_alone = {}, {}
+    for seed in SEEDS:
+        started = time.perf_counter()
+        alone[seed] = counts_of(certify_session(app_world, seed))
+        seconds_alone[seed] = time.perf_counter() - started
+    assert alone[SEEDS[0]] != alone[SEEDS[1]], "the seeds must matter, or the comparison below proves nothing"
+
+    from pages import _ui  # the module the page scripts share
+
+    _ui.counts_store.clear()  # else the app rightly answers from its process-wide store of finished counts
+    together: dict[int, AppTest] = {}
+    errors: list[BaseException] = []
+
+    def visitor(seed: int) -> None:
+        try:
+            together[seed] = certify_session(app_world, seed)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=visitor, args=(seed,)) for seed in SEEDS]
+    concurrent.set()
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    assert both_inside.wait(timeout=90), f"the two sessions never sampled at the same time: {errors}"
+    what_if_started = time.perf_counter()
+    what_if = AppTest.from_file(str(REPO / "pages" / "what_if.py"), default_timeout=60).run()
+    what_if_seconds = time.perf_counter() - what_if_started
+    still_sampling = not release.is_set() and all(t.is_alive() for t in threads)
+    release.set()
+    for t in threads:
+        t.join(timeout=120)
+    seconds_together = time.perf_counter() - started
+
+    assert not errors, errors
+    assert still_sampling  # the What-if page loaded while both certifications were in flight
+    assert not what_if.exception and not what_if.error and what_if.title[0].value.startswith("What-if")
+    assert {seed: counts_of(together[seed]) for seed in SEEDS} == alone
+    assert len(models) == 4 and len(set(models)) == 1  # one cached model object served every run
+    print(f"\nalone: {seconds_alone} s; together: {seconds_together:.1f} s; What-if loaded in "
+          f"{what_if_seconds:.1f} s while both sampled")
