@@ -256,7 +256,8 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
         path = found[0].path
     model, meta = load_checkpoint(path, dataset="cifar10")
     return model, {"name": path.name, "sha256": checkpoint_sha256(path), "e": int(meta["e"]), "dataset": "cifar10",
-                   "weights_sha256": meta["weights_sha256"], "status": meta.get("status")}
+                   "weights_sha256": meta["weights_sha256"],
+                   "status": meta.get("status") or meta.get("training", {}).get("status")}
 
 
 def budget_values(radius: int, names: list[str], d: int) -> dict[str, int]:
