@@ -9,8 +9,8 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -67,6 +67,63 @@ def parameter_problems(*, d: int, e: int, k: int, n: int, alpha: float, num_clas
             f"exceed the other labels' upper bounds. With c = {num_classes}, k = {k}, d = {d:,}, e = {e:,}: {need}."
         )
     return problems
+
+
+MAX_SEED = 2**53 - 1  # the largest integer a browser's number input holds exactly
+NUMBER_RULES: dict[str, tuple[type, float, float, str]] = {  # key -> (type, low, high, the rule in words)
+    "e": (int, 1, float("inf"), "a whole number of pixels >= 1"),
+    "k": (int, 1, float("inf"), "a whole number >= 1"),
+    "n": (int, 1, float("inf"), "a whole number of samples >= 1"),
+    "alpha": (float, 0.0, 0.5, "a number in (0, 0.5]"),
+    "seed": (int, 0, MAX_SEED, f"a whole number in [0, {MAX_SEED}]"),
+}
+
+
+@dataclass(frozen=True)
+class LinkValues:
+    """What a link's query parameters ask for: the usable ``values``, and why others cannot be used.
+
+    ``ignored``: values that are not valid for their field (the field keeps its default; say so, do not run);
+    ``refused``: valid numbers the app will not run (n above the app's maximum).
+    """
+
+    values: dict[str, Any] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)
+
+
+def read_link(query: Mapping[str, str], choices: Mapping[str, Sequence[str]], n_max: int) -> LinkValues:
+    """Check a link's parameters: numbers (``NUMBER_RULES``) and choices (``choices[key]``: the valid options).
+
+    >>> link = read_link({"e": "1e400", "k": "2", "n": "10000000000", "image": "x"}, {"image": ["a"]}, 10**7)
+    >>> link.values
+    {'k': 2}
+    >>> link.ignored[0], link.refused[0][:33]
+    ("e = '1e400' is not a whole number of pixels >= 1", 'n = 10,000,000,000 is more than t')
+    >>> link.ignored[1]
+    "image = 'x' is not one of the available options"
+    """
+    link = LinkValues()
+    for key, text in query.items():
+        if key in choices:
+            if text in choices[key]:
+                link.values[key] = text
+            else:
+                link.ignored.append(f"{key} = {text!r} is not one of the available options")
+        elif key in NUMBER_RULES:
+            kind, low, high, rule = NUMBER_RULES[key]
+            try:
+                value = kind(text)
+            except (ValueError, OverflowError):
+                value = None
+            if value is None or not low <= value <= high or (kind is float and not 0 < value):
+                link.ignored.append(f"{key} = {text!r} is not {rule}")
+            elif key == "n" and value > n_max:
+                link.refused.append(f"n = {value:,} is more than the app samples for one image: at most {n_max:,} "
+                                    "(python -m certcore.evaluate has no such limit)")
+            else:
+                link.values[key] = value
+    return link
 
 
 def _pixels(r: int) -> str:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from certcore.radius import certify_counts
-from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_k
+from certcore.bounds import simuem_bounds
+from certcore.radius import certified_radius, certify_counts
+from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_k, check_label
 
 PAPER_LIKE_COUNTS = (80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50)
 
@@ -60,20 +61,33 @@ def scale_counts(counts: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
     return scaled
 
 
+def _label_bounds(counts: Sequence[int] | np.ndarray, label: int, alpha: float) -> tuple[float, np.ndarray]:
+    """SimuEM bounds (Eq. 8) as Theorem 1 takes them: the label's lower bound, every other label's upper bound.
+    The same split ``certify_counts`` makes; computed once for sweeps whose parameter does not change them."""
+    n_j = check_counts(counts)
+    label = check_label(label, len(n_j))
+    lower, upper = simuem_bounds(n_j, alpha)
+    return float(lower[label]), np.delete(upper, label)
+
+
 def radius_vs_k(
     counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, alpha: float, ks: Iterable[int]
 ) -> Sweep:
-    """Figure 1's parameter: the radius of ``label`` in the top-k for each k in ``ks``."""
+    """Figure 1's parameter: the radius of ``label`` in the top-k for each k in ``ks`` (the bounds do not
+    depend on k)."""
     ks = [check_k(k) for k in ks]
-    return Sweep("k", ks, [certify_counts(counts, label, d, e, k, alpha) for k in ks])
+    p_lower, p_uppers = _label_bounds(counts, label, alpha)
+    return Sweep("k", ks, [certified_radius(p_lower, p_uppers, d, e, k) for k in ks])
 
 
 def radius_vs_e(
     counts: Sequence[int] | np.ndarray, label: int, d: int, k: int, alpha: float, es: Iterable[int]
 ) -> Sweep:
-    """Figure 2's parameter: the radius for each e in ``es``, the counts held fixed (see the module docstring)."""
+    """Figure 2's parameter: the radius for each e in ``es``, the counts held fixed (see the module docstring;
+    the bounds do not depend on e, only their rounding to the 1/C(d, e) grid does)."""
     es = [check_d_e(d, e)[1] for e in es]
-    return Sweep("e", es, [certify_counts(counts, label, d, e, k, alpha) for e in es])
+    p_lower, p_uppers = _label_bounds(counts, label, alpha)
+    return Sweep("e", es, [certified_radius(p_lower, p_uppers, d, e, k) for e in es])
 
 
 def radius_vs_n(
@@ -92,18 +106,18 @@ def radius_vs_alpha(
     return Sweep("alpha", alphas, [certify_counts(counts, label, d, e, k, a) for a in alphas])
 
 
-def default_grids(d: int, e: int, n: int, num_classes: int) -> dict[str, list[float]]:
-    """Sweep values around the current parameters, in the spirit of the paper's figures.
+def default_grids(d: int, e: int, n: int, num_classes: int, k: int = 1, alpha: float = 0.001) -> dict[str, list]:
+    """Sweep values around the current parameters (always including them), in the spirit of the paper's figures.
 
-    k: 1..min(10, c - 1); e: a log-spaced range around e (the paper's CIFAR10 figure uses 25-100, ImageNet
-    500-2000); n: 1,000 up to 10 n, log-spaced; alpha: 1e-1 down to 1e-6.
+    k: 1..min(10, c - 1); e: log-spaced from e/8 to 4e (the paper's figures use 25-100 on CIFAR10, 500-2,000 on
+    ImageNet); n: log-spaced from 1,000 to 10 n; alpha: 0.1 down to 1e-6.
     """
     d, e = check_d_e(d, e)
     n = check_int(n, "n", 1)
-    ks = list(range(1, max(1, min(10, num_classes - 1)) + 1))
+    ks = sorted(set(range(1, max(1, min(10, num_classes - 1)) + 1)) | ({k} if k < num_classes else set()))
     es = sorted({int(v) for v in np.geomspace(max(1, e / 8), min(d, 4 * e), 13).round()} | {e})
     ns = sorted({int(v) for v in np.geomspace(min(1000, n), 10 * n, 13).round()} | {n})
-    alphas = [10.0**-p for p in range(1, 7)]
+    alphas = sorted({10.0**-p for p in range(1, 7)} | {check_alpha(alpha)})
     return {"k": ks, "e": es, "n": ns, "alpha": alphas}
 
 

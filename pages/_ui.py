@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import torch
 from torch import nn
 
 from certcore.certify import Certificate
-from certcore.checkpoints import CheckpointInfo, list_checkpoints, load_checkpoint
+from certcore.checkpoints import CheckpointInfo, CheckpointWarning, list_checkpoints, load_checkpoint
 from certcore.data import Sample, bundled_samples
 from certcore.default_result import DefaultResult, checkpoint_dir, load_default
 from certcore.explain import bound_rows, certificate_json, counts_csv, curve_range, curves_for, radius_rows, reading
@@ -91,12 +92,24 @@ def samples(dataset: str) -> list[Sample]:
 
 
 @st.cache_data(show_spinner=False, ttl=600)
-def _checkpoints(directory: str, stamp: tuple[tuple[str, float, int], ...]) -> list[CheckpointInfo]:
-    return list_checkpoints(directory)
+def _checkpoints(directory: str, stamp: tuple[tuple[str, float, int], ...]) -> tuple[list[CheckpointInfo], list[str]]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CheckpointWarning)
+        found = list_checkpoints(directory)
+    return found, [str(w.message) for w in caught if issubclass(w.category, CheckpointWarning)]
 
 
 def checkpoints() -> list[CheckpointInfo]:
     """Valid checkpoints in the app's checkpoint folder (re-read when a file there changes)."""
+    return _checkpoint_scan()[0]
+
+
+def skipped_checkpoints() -> list[str]:
+    """Why files in the checkpoint folder were skipped (not valid certcore checkpoints), one line each."""
+    return _checkpoint_scan()[1]
+
+
+def _checkpoint_scan() -> tuple[list[CheckpointInfo], list[str]]:
     directory = checkpoint_dir()
     files = sorted(directory.glob("*.pt")) if directory.is_dir() else []
     stamp = tuple((p.name, p.stat().st_mtime, p.stat().st_size) for p in files)
@@ -180,12 +193,14 @@ def show_certificate(cert: Certificate, names: Sequence[str], *, key: str, conte
         "Radius: largest number of pixels an attacker may change (to any values) while the label provably stays "
         f"in the top {cert.k}. Theorem 2 limit: no certificate from the same bounds can exceed it (-: its "
         "assumptions do not hold for these bounds, e.g. upper bounds summing past 1 at small n). The last two "
-        "columns compare top-1 radii from the same counts: this paper's (with Eq. 4 rounding) is never smaller "
-        "than Levine & Feizi's."
+        "columns compare top-1 radii from the same counts: Theorem 1 with SimuEM bounds (each at alpha/c) against "
+        "Levine & Feizi's (the label's bound at alpha, the runner-up bounded by 1 minus it). Theorem 1 usually wins "
+        "through its tighter runner-up bound; when nearly all samples vote for one label, L&F's single bound can."
     )
     labels = [r.label for r in rows]
     chosen = st.pills(
-        "Eq. 6 curves for", labels, default=labels[0], format_func=lambda j: names[j], key=f"{key}-curve-label",
+        "Eq. 6 curves for", labels, default=cert.label if cert.label is not None else labels[0],
+        format_func=lambda j: names[j], key=f"{key}-curve-label",
         help="Theorem 1: the radius is the last r where the label's lower bound minus D(r) (lhs) stays above the "
              "min over t of (sum of the t smallest of the k largest other upper bounds + D(r)) / t (rhs).",
     )
@@ -221,7 +236,8 @@ def show_certificate(cert: Certificate, names: Sequence[str], *, key: str, conte
             "digits shown."
         )
     a, b = st.columns(2)
-    a.download_button("Download certificate (JSON)", certificate_json(cert, context), file_name="certificate.json",
-                      mime="application/json", key=f"{key}-json", icon=":material/download:")
-    b.download_button("Download counts (CSV)", counts_csv(cert, names), file_name="counts.csv", mime="text/csv",
-                      key=f"{key}-csv", icon=":material/download:")
+    a.download_button("Download certificate (JSON)", lambda: certificate_json(cert, context), on_click="ignore",
+                      file_name="certificate.json", mime="application/json", key=f"{key}-json",
+                      icon=":material/download:")
+    b.download_button("Download counts (CSV)", lambda: counts_csv(cert, names), on_click="ignore",
+                      file_name="counts.csv", mime="text/csv", key=f"{key}-csv", icon=":material/download:")

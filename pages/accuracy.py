@@ -28,8 +28,8 @@ def curves(files: list[Path]) -> None:
     chosen = st.multiselect("Results files", names, default=names[:2], key=FILES,
                             help=f"JSON-lines files of `python -m certcore.evaluate` in `{results_dir()}`.")
     a, b, c = st.columns(3)
-    ks = a.pills("k", list(range(1, 11)), selection_mode="multi", default=[1, 3], key="acc-k",
-                 help=ui.HELP["k"] + " Radii for a k the run did not store are re-certified from its counts.")
+    ks = a.multiselect("k", list(range(1, 11)), default=[1, 3], key="acc-k",
+                       help=ui.HELP["k"] + " Radii for a k the run did not store are re-certified from its counts.")
     alpha = b.number_input("alpha (empty: each run's own)", min_value=1e-12, max_value=0.5, value=None,
                            format="%g", key="acc-alpha", help=ui.HELP["alpha"] + " Another alpha re-certifies the "
                            "stored counts; no sampling.")

@@ -14,7 +14,7 @@ from certcore.ablation import ablated_previews
 from certcore.checkpoints import CheckpointInfo
 from certcore.data import class_names, load_uploaded_image
 from certcore.default_result import APP_DEFAULTS, DEFAULT_CHECKPOINT, DefaultResult, checkpoint_dir
-from certcore.explain import parameter_problems
+from certcore.explain import MAX_SEED, LinkValues, parameter_problems, read_link
 from certcore.figures import enlarge, mosaic
 from certcore.interactive import ProgressReporter, counts_key, format_duration, sample_image
 from pages import _ui as ui
@@ -30,17 +30,19 @@ TRAIN_COMMAND = {
 STOPPED = "certify.stopped"    # set by the Stop button's callback
 COMPLETE = "certify.complete"  # set by the "Run all n samples" button's callback
 VISITED = "certify.visited"    # this session has run the page before
+LINK = "certify.link"          # the opening link's checked values (a LinkValues), shown until the next Certify
 URL_KEYS = ("dataset", "checkpoint", "image", "e", "k", "n", "alpha", "seed")
+N_MAX = 10_000_000             # samples per image the app runs (more: python -m certcore.evaluate)
 
 
 @dataclass(frozen=True)
 class Selection:
-    """The image being looked at: pixels, true label (if known), a caption and whether a link can name it."""
+    """The image being looked at: pixels, true label (if known), a caption and its bundled id (None: upload)."""
 
     image: torch.Tensor
     label: int | None
     caption: str
-    in_url: bool
+    image_id: str | None
 
 
 def _request_stop() -> None:
@@ -69,14 +71,16 @@ def checkpoint_picker(dataset: str) -> CheckpointInfo | None:
         st.caption("Any certcore checkpoint file (`*.pt`) in that folder works; set `CERTCORE_CHECKPOINTS` to use "
                    "another folder. Without a model, the What-if page certifies label counts at any size.")
         return None
-    name = st.selectbox("Checkpoint (base classifier)", list(infos), key="checkpoint", bind="query-params",
+    name = st.selectbox("Checkpoint (base classifier)", list(infos), key="checkpoint",
                         help="A base classifier trained on ablated images (certcore.train); its metadata below.")
     meta = infos[name].metadata
     acc = meta.get("accuracies", {}).get("eval500_ablated")
+    status = meta.get("training", {}).get("status")
     st.caption(
         f"{meta['arch']} · trained with e = {meta['e']} · "
-        + (f"accuracy on ablated test images {acc:.1%} · " if acc is not None else "")
+        + (f"accuracy on single ablated test images {acc:.1%} · " if acc is not None else "")
         + f"trained on {meta.get('device', 'unknown device')} · weights {meta['weights_sha256'][:12]}"
+        + (f" · **{status}**" if status else "")
     )
     return infos[name]
 
@@ -87,7 +91,6 @@ def image_picker(dataset: str, names: list[str], default: DefaultResult | None) 
                                   key="source", help="Bundled images ship with certcore; uploads are resized "
                                   "and centre-cropped to the dataset's input size.") or "Bundled sample"
     if source == "Upload":
-        st.query_params.pop("image", None)
         upload = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"])
         if upload is None:
             st.info("Choose an image file to certify.")
@@ -100,15 +103,12 @@ def image_picker(dataset: str, names: list[str], default: DefaultResult | None) 
         label = st.selectbox("True label, if you know it", [None, *range(len(names))],
                              format_func=lambda j: "unknown" if j is None else names[j],
                              help="A true label fixed before sampling is certified with confidence 1 - alpha.")
-        return Selection(image, label, f"{upload.name} (uploaded; not part of the page's link)", in_url=False)
+        return Selection(image, label, f"{upload.name} (uploaded; not part of the page's link)", None)
     bundled = {s.id: s for s in ui.samples(dataset)}
     ids = list(bundled)
     first = default.image if default is not None and default.image in bundled else ids[0]
-    if "image" not in st.session_state and st.query_params.get("image") in bundled:
-        st.session_state["image"] = st.query_params["image"]  # bound by hand: the URL carries the plain id
     image_id = st.selectbox("Image", ids, index=ids.index(first), key="image",
                             format_func=lambda i: f"{bundled[i].class_name} · {i}")
-    st.query_params["image"] = image_id
     st.button("Random image", on_click=_use_image, args=(random.choice(ids),), icon=":material/casino:")
     with st.expander("Gallery"):
         classes = sorted({s.class_name for s in bundled.values()})
@@ -119,7 +119,7 @@ def image_picker(dataset: str, names: list[str], default: DefaultResult | None) 
                 col.image(enlarge(s.image, 64), caption=s.class_name)
                 col.button("Use", key=f"use-{s.id}", on_click=_use_image, args=(s.id,))
     sample = bundled[image_id]
-    return Selection(sample.image, sample.label, f"{sample.class_name} · {sample.id}", in_url=True)
+    return Selection(sample.image, sample.label, f"{sample.class_name} · {sample.id}", sample.id)
 
 
 def parameter_form(info: CheckpointInfo | None, default: DefaultResult | None) -> tuple[bool, dict[str, Any]]:
@@ -130,26 +130,30 @@ def parameter_form(info: CheckpointInfo | None, default: DefaultResult | None) -
     with st.form("certify-parameters", border=True):
         p = {
             "e": st.number_input("e: pixels kept per ablation", min_value=1, value=e_default, step=1, key="e",
-                                 bind="query-params", help=ui.HELP["e"] + " Default: the e the checkpoint was "
-                                 "trained with."),
+                                 help=ui.HELP["e"] + " Default: the e the checkpoint was trained with."),
             "k": st.number_input("k: certify the top-k", min_value=1, value=base["k"], step=1, key="k",
-                                 bind="query-params", help=ui.HELP["k"]),
-            "n": st.number_input("n: ablated samples", min_value=1, value=base["n"], step=1000, key="n",
-                                 bind="query-params", help=ui.HELP["n"] + " On a CPU try 10,000 first."),
+                                 help=ui.HELP["k"]),
+            "n": st.number_input("n: ablated samples", min_value=1, max_value=N_MAX, value=base["n"], step=1000,
+                                 key="n", help=ui.HELP["n"] + f" On a CPU try 10,000 first; the app takes at most "
+                                 f"{N_MAX:,}."),
             "alpha": st.number_input("alpha: failure probability", min_value=1e-12, max_value=0.5,
                                      value=base["alpha"], step=0.001, format="%g", key="alpha",
-                                     bind="query-params", help=ui.HELP["alpha"]),
-            "seed": st.number_input("seed", min_value=0, value=base["seed"], step=1, key="seed",
-                                    bind="query-params", help=ui.HELP["seed"]),
+                                     help=ui.HELP["alpha"]),
+            "seed": st.number_input("seed", min_value=0, max_value=MAX_SEED, value=base["seed"], step=1,
+                                    key="seed", help=ui.HELP["seed"]),
         }
         with st.expander("Speed: batch size and device"):
-            p["batch_size"] = st.number_input("Batch size", min_value=1, max_value=100_000, value=500, step=100,
+            p["batch_size"] = st.number_input("Batch size", min_value=1, max_value=100_000, value=256, step=64,
                                               help="Ablated samples per forward pass. Progress and Stop act once "
                                                    "per batch. On CUDA the counts depend on it (the seed's random "
                                                    "stream is laid out per batch), on a CPU they do not.")
             p["device"] = st.selectbox("Device", ui.devices(), help="CUDA when present. " + ui.threads_note())
         submitted = st.form_submit_button("Certify", type="primary", icon=":material/verified_user:",
                                           disabled=info is None)
+    if info is not None and p["e"] != int(info.metadata["e"]):
+        st.warning(f"The checkpoint was trained with e = {info.metadata['e']}. Certifying with e = {p['e']} is "
+                   "valid (Theorem 1 holds for any e), but the base classifier then sees inputs unlike its "
+                   "training: expect fewer correct votes and smaller radii.")
     return submitted, p
 
 
@@ -205,7 +209,7 @@ def show_result(shown: ui.Shown, names: list[str], current_key: str | None, k: i
     }[shown.how]
     st.caption(f"{ctx['checkpoint']} · e = {s.e} · n = {s.samples:,} · seed {run_info.seed} · {how}")
     if shown.how == "partial":
-        who = "You stopped" if st.session_state.get(STOPPED) else "Another click interrupted"
+        who = "You stopped" if st.session_state.get(STOPPED) else "Something interrupted"
         st.warning(
             f"**Partial result.** {who} the run after {s.samples:,} of {s.n:,} samples. The certificate below is "
             f"valid for the {s.samples:,} samples drawn: when to stop did not depend on the counts, which are not "
@@ -242,6 +246,41 @@ def whats_seen(selection: Selection, e: int, seed: int, d: int) -> None:
                "ablated; the model gets a 6-channel encoding that marks them).")
 
 
+def take_link() -> LinkValues:
+    """A session opened through a link: set the widgets to the link's values, keep why others were not used."""
+    query = {key: st.query_params[key] for key in URL_KEYS if key in st.query_params}
+    dataset = DATASETS.get(query.get("dataset", ""), "cifar10")
+    choices = {
+        "dataset": list(DATASETS),
+        "checkpoint": [c.name for c in ui.checkpoints() if c.metadata.get("dataset") == dataset],
+        "image": [s.id for s in ui.samples(dataset)],
+    }
+    link = read_link(query, choices, N_MAX)
+    for key, value in link.values.items():
+        st.session_state[key] = value
+    return link
+
+
+def write_link(shown_dataset: str, info: CheckpointInfo | None, selection: Selection | None,
+               p: dict[str, Any]) -> None:
+    """Put every input of the current request in the page's address, so that a copied link reproduces it."""
+    params = {"dataset": shown_dataset, **{key: p[key] for key in ("e", "k", "n", "alpha", "seed")}}
+    if info is not None:
+        params["checkpoint"] = info.name
+    if selection is not None and selection.image_id is not None:
+        params["image"] = selection.image_id
+    st.query_params.from_dict({key: str(value) for key, value in params.items()})
+
+
+def link_notes(link: LinkValues) -> None:
+    """Say which of a link's values could not be used, and that the link was therefore not run."""
+    for problem in link.refused:
+        st.error(f"This link asks for {problem}.")
+    for problem in link.ignored:
+        st.warning(f"This link's {problem}: the field keeps its default.")
+    st.info("The link was not run as it is: check the parameters and press **Certify**.")
+
+
 def body() -> None:
     st.title("Certify an image")
     st.markdown(
@@ -249,19 +288,29 @@ def body() -> None:
         "returns the k labels it sees most often. From the label counts, Theorem 1 certifies how many pixels an "
         "attacker may change without pushing a label out of the top k."
     )
-    from_link = not st.session_state.get(VISITED) and any(q in st.query_params for q in URL_KEYS)
-    st.session_state[VISITED] = True  # a link reproduces its run once, when it is opened
+    opened_by_link = not st.session_state.get(VISITED) and any(q in st.query_params for q in URL_KEYS)
+    st.session_state[VISITED] = True
+    if opened_by_link:
+        st.session_state[LINK] = take_link()
+    link: LinkValues | None = st.session_state.get(LINK)
+    if link is not None and (link.ignored or link.refused):
+        link_notes(link)
     default = ui.default_result()
     pick, view, form = st.columns([1.15, 1, 1], gap="medium")
     with pick:
-        shown = st.radio("Dataset", list(DATASETS), key="dataset", horizontal=True, bind="query-params",
-                         help="CIFAR10: 32x32 images, 10 classes. ImageNet: 224x224, 1,000 classes.")
-        dataset = DATASETS[shown]
+        shown_dataset = st.radio("Dataset", list(DATASETS), key="dataset", horizontal=True,
+                                 help="CIFAR10: 32x32 images, 10 classes. ImageNet: 224x224, 1,000 classes.")
+        dataset = DATASETS[shown_dataset]
         names = class_names(dataset)
+        for skipped in ui.skipped_checkpoints():
+            st.warning(f"Skipped a file that is not a valid certcore checkpoint: {skipped}")
         info = checkpoint_picker(dataset)
         selection = image_picker(dataset, names, default if default and default.dataset == dataset else None)
     with form:
         submitted, p = parameter_form(info, default)
+    write_link(shown_dataset, info, selection, p)
+    if submitted:
+        st.session_state.pop(LINK, None)
     if selection is None:
         return
     d = selection.image.shape[1] * selection.image.shape[2]
@@ -278,7 +327,8 @@ def body() -> None:
     if stored is not None:  # the stored result is a completed run like any other
         ui.counts_store().put(stored.key, stored.sampled)
     complete = bool(st.session_state.pop(COMPLETE, False))
-    if submitted or from_link or complete:
+    run_link = opened_by_link and link is not None and not link.ignored and not link.refused
+    if submitted or run_link or complete:
         if problems:
             for problem in problems:
                 st.error(problem)
@@ -288,16 +338,15 @@ def body() -> None:
                        "weights_sha256": info.metadata["weights_sha256"], "e": p["e"], "n": p["n"],
                        "seed": p["seed"], "device": p["device"], "batch_size": p["batch_size"]}
             run(info, selection, p, key, context, complete)
-    shown: ui.Shown | None = st.session_state.get(ui.CERTIFY_LAST)
-    shown = shown or stored
-    if shown is None or shown.context["dataset"] != dataset:
+    result = st.session_state.get(ui.CERTIFY_LAST) or stored
+    if result is None or result.context["dataset"] != dataset:
         st.info("Choose the parameters and press **Certify**.")
         return
     bad_k_alpha = [x for x in problems if x.startswith(("k =", "alpha ="))]
     for problem in bad_k_alpha:
         st.error(problem)
     if not bad_k_alpha:
-        show_result(shown, names, key, p["k"], p["alpha"])
+        show_result(result, names, key, p["k"], p["alpha"])
 
 
 ui.guard(body)

@@ -108,7 +108,7 @@ def sweeps(counts: np.ndarray, label: int, d: int, e: int, k: int, alpha: float,
     """Radius of the true label vs k, e, n and alpha on these counts (the shape of the paper's Figures 1-4)."""
     st.subheader("Sweeps: the radius of the true label as one parameter moves")
     n = int(counts.sum())
-    grid = default_grids(d, e, n, num_classes)
+    grid = default_grids(d, e, n, num_classes, k, alpha)
     a, b = st.columns(2)
     a.plotly_chart(sweep_figure(radius_vs_k(counts, label, d, e, alpha, grid["k"]), k,
                                 "vs k (Figure 1): larger k, larger radius"), key="sweep-k")

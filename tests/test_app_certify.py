@@ -84,3 +84,22 @@ def test_without_a_checkpoint_the_page_says_how_to_get_one(monkeypatch, tmp_path
     assert not at.exception
     assert "No ImageNet checkpoint" in texts(at)
     assert any("--dataset imagenet --arch resnet50 --e 1000" in c.value for c in at.code)
+
+
+def test_a_link_with_unusable_values_says_so_and_does_not_run(sampling_calls):
+    at = open_page(query={"e": "1e400", "alpha": "2", "image": "../../etc/passwd", "k": "2"})
+    assert not at.exception and not at.error
+    warned = " ".join(w.value for w in at.warning)
+    assert "e = '1e400' is not a whole number" in warned and "alpha = '2'" in warned and "image =" in warned
+    assert at.number_input(key="e").value == 50 and at.number_input(key="k").value == 2  # usable values are kept
+    assert sampling_calls == []
+    at = open_page(query={"n": str(10**12)})
+    assert any("n = 1,000,000,000,000 is more than the app samples" in e.value for e in at.error)
+    assert sampling_calls == []
+
+
+def test_an_e_other_than_the_trained_one_is_flagged(sampling_calls):
+    at = open_page(query={"e": "100", "n": "100"})
+    assert not at.exception and not at.error
+    assert any("trained with e = 50. Certifying with e = 100 is valid" in w.value for w in at.warning)
+    assert sampling_calls == [100]

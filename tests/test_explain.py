@@ -50,8 +50,9 @@ def test_reading_of_an_uncertified_true_label_and_of_top1():
 def test_radius_rows_compare_with_levine_feizi():
     rows = radius_rows(_cert(label=3), NAMES)
     assert [r.role for r in rows] == ["top-1", "top-2", "top-3", "true label"]
-    assert rows[0].radius == 15 and rows[0].top1_radius == 8
-    assert all(r.top1_radius >= r.levine_feizi_top1 for r in rows)
+    assert rows[0].radius == 15 and (rows[0].top1_radius, rows[0].levine_feizi_top1) == (8, 6)
+    unanimous = radius_rows(certificate_from_counts([400] + [0] * 9, d=1024, e=50, k=1, alpha=0.001), NAMES)[0]
+    assert unanimous.levine_feizi_top1 > unanimous.top1_radius  # one bound at alpha beats 2c bounds at alpha/c
 
 
 def test_bound_rows_keep_top_k_and_true_label():

@@ -66,9 +66,10 @@ def test_smallest_certifying_n_trivial_k():
 
 
 def test_default_grids_contain_the_current_values():
-    grid = default_grids(50176, 1000, 100_000, 1000)
-    assert 1000 in grid["e"] and 100_000 in grid["n"] and grid["k"] == list(range(1, 11))
-    assert default_grids(1024, 50, 500, 3)["k"] == [1, 2]
+    grid = default_grids(50176, 1000, 100_000, 1000, k=20, alpha=0.005)
+    assert 1000 in grid["e"] and 100_000 in grid["n"] and grid["k"] == [*range(1, 11), 20]
+    assert 0.005 in grid["alpha"] and grid["alpha"] == sorted(grid["alpha"])
+    assert default_grids(1024, 50, 500, 3, k=2)["k"] == [1, 2]
 
 
 def test_example_counts():

@@ -1,0 +1,143 @@
+"""The app in a real browser: ``streamlit run app.py`` driven by Debian's Chromium through Playwright.
+
+A small certification runs to the end of its progress bar and shows its radius and plotly charts; a large one is
+stopped with the Stop button and shows a partial certificate. Screenshots at desktop and phone width go to
+``artifacts/`` (gitignored). Skipped when /usr/bin/chromium is absent (CI installs it: see .ci/run).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.app_helpers import write_checkpoint
+
+CHROMIUM = Path("/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SLOW = 120_000  # ms: the first script run imports torch and plotly on a loaded 2-core machine
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's Chromium is not installed (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """``streamlit run app.py`` on a free port with an untrained checkpoint; yields its URL once healthy."""
+    root = tmp_path_factory.mktemp("browser")
+    (root / "checkpoints").mkdir()
+    write_checkpoint(root / "checkpoints")
+    port = _free_port()
+    env = {**os.environ, "CERTCORE_CHECKPOINTS": str(root / "checkpoints"), "CERTCORE_RESULTS": str(root / "res")}
+    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below, after the server stops
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
+         "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                    break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"streamlit did not start:\n{(root / 'server.log').read_text()}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def _wait_idle(page: object) -> None:
+    """Until the script run is over (Streamlit's running indicator gone) and plotly charts are drawn."""
+    page.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=SLOW)
+    charts = page.locator("[data-testid=stPlotlyChart]")
+    for i in range(charts.count()):
+        charts.nth(i).scroll_into_view_if_needed()
+        charts.nth(i).locator(".main-svg").first.wait_for(timeout=SLOW)
+
+
+def _screenshot(page: object, name: str) -> None:
+    """Full-page screenshot: the viewport is stretched to the app's height (Streamlit scrolls an inner box)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    height = page.evaluate("document.querySelector('[data-testid=stMainBlockContainer]').scrollHeight") + 120
+    width = page.viewport_size["width"]
+    page.set_viewport_size({"width": width, "height": min(height, 12_000)})
+    time.sleep(1)
+    _wait_idle(page)
+    page.screenshot(path=str(ARTIFACTS / name), full_page=True)
+
+
+def _certify(page: object, n: int) -> None:
+    field = page.get_by_role("spinbutton", name="n: ablated samples")
+    field.fill(str(n))
+    field.press("Tab")
+    page.get_by_test_id("stBaseButton-primaryFormSubmit").click()
+
+
+def test_small_certification_in_chromium(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server, timeout=SLOW)
+    page.get_by_text("Eq. 6 curves for").wait_for(timeout=SLOW)  # the stored default certificate is shown
+    _certify(page, 400)
+    done = page.locator("[data-testid=stProgress]").get_by_text("done in")
+    done.wait_for(timeout=SLOW)  # the progress bar reached its end
+    assert page.locator("[data-testid=stProgress] [role=progressbar]").get_attribute("aria-valuenow") == "100"
+    page.get_by_text("n = 400 · seed 0 · sampled now").wait_for(timeout=SLOW)
+    _wait_idle(page)
+    assert page.locator(".js-plotly-plot .main-svg").count() >= 2
+    assert page.get_by_text("certified radius, top-3 (Thm 1)").count() == 1 or page.locator(
+        "[data-testid=stDataFrame]").count() >= 1
+    assert page.get_by_text("Jointly with confidence 99.8%").count() == 1
+    assert "n=400" in page.url and "image=cifar10-test-" in page.url  # the link reproduces the run
+    _screenshot(page, "certify-desktop.png")
+    page.set_viewport_size({"width": 390, "height": 844})
+    _screenshot(page, "certify-phone.png")
+    page.close()
+
+
+def test_stop_keeps_a_partial_certificate(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server, timeout=SLOW)
+    page.get_by_text("Eq. 6 curves for").wait_for(timeout=SLOW)
+    _certify(page, 500_000)
+    page.locator("[data-testid=stProgress]").get_by_text("samples/s").wait_for(timeout=SLOW)
+    page.locator("[data-testid=stMainBlockContainer]").get_by_role("button", name="Stop").click()  # not the
+    # "Stop" of Streamlit's own status widget, which stops the script without a rerun
+    page.get_by_text("Partial result.").wait_for(timeout=SLOW)
+    assert page.get_by_text("You stopped the run after").count() == 1
+    page.get_by_role("button", name="Run all 500,000 samples").wait_for()
+    _wait_idle(page)
+    _screenshot(page, "certify-stopped.png")
+    page.close()
