@@ -39,7 +39,7 @@ def encode_ablated(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 
 def ablate(images: torch.Tensor, e: int, generator: torch.Generator) -> torch.Tensor:
-    """Ablate every image of a batch (B, C, H, W) with its own random mask keeping ``e`` pixels; returns the encoding."""
+    """Ablate each image of a batch (B, C, H, W) with its own random mask keeping ``e`` pixels; returns the encoding."""
     b, _, h, w = images.shape
     keep = draw_keep_masks(b, h, w, e, generator, images.device)
     return encode_ablated(images, keep)
