@@ -144,6 +144,21 @@ def tightness(f: BaseClassifier, cert: ToyCertificate, num_classes: int) -> Tigh
     return attempt
 
 
+def toy_image(image: Pixels, scale: int = 30, grid: int = 2) -> np.ndarray:
+    """A 3x3 binary image for display: black and white pixels separated by grey grid lines.
+
+    >>> toy_image((0, 1, 0, 1, 0, 1, 0, 1, 0)).shape
+    (98, 98, 3)
+    """
+    size = SIDE * scale + (SIDE + 1) * grid
+    out = np.full((size, size, 3), 150, np.uint8)
+    for i, v in enumerate(image):
+        y, x = divmod(i, SIDE)
+        top, left = grid + y * (scale + grid), grid + x * (scale + grid)
+        out[top : top + scale, left : left + scale] = 255 * v
+    return out
+
+
 def ablation_mosaic(f: BaseClassifier, image: Pixels, e: int, scale: int = 10, per_row: int = 12) -> np.ndarray:
     """Every ablation of a 3x3 image as a tile (kept pixels black/white, ablated grey) framed in the colour of
     the label the base classifier gives it: the whole distribution the smoothed classifier votes over."""

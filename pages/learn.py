@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 import streamlit as st
 
-from certcore.figures import enlarge
 from certcore.lesson import (
     COLOUR_NAMES,
-    SIDE,
     ablation_mosaic,
     certify_toy,
     lookup_classifier,
     tightness,
+    toy_image,
 )
 from pages import _ui as ui
 
@@ -75,13 +73,12 @@ def toy_controls() -> tuple[tuple[int, ...], int, int, int, int, float]:
         grid = st.data_editor(start, hide_index=True, key="toy-image", column_config={
             c: st.column_config.CheckboxColumn(c, width="small") for c in start.columns})
         image = tuple(int(v) for v in grid.to_numpy(dtype=bool).ravel())
-        st.image(enlarge(np.repeat(np.array(image, float).reshape(SIDE, SIDE, 1), 3, axis=2), 90),
-                 caption="d = 9 pixels")
+        st.image(toy_image(image), caption="d = 9 pixels")
     with right:
         a, b = st.columns(2)
         e = a.slider("e: pixels kept", 1, 8, 2, key="toy-e", help=ui.HELP["e"])
         classes = b.slider("c: classes", 2, len(TOY_NAMES), 3, key="toy-c")
-        k = a.slider("k", 1, classes - 1, 1, key="toy-k", help=ui.HELP["k"])
+        k = a.radio("k", list(range(1, classes)), horizontal=True, key="toy-k", help=ui.HELP["k"])
         favourite = b.slider("How often f says 'cat'", 0.0, 1.0, 0.75, 0.05, key="toy-fav",
                              help="The base classifier is a random lookup table: each ablation gets 'cat' with "
                                   "this probability, else a label that depends on its kept pixels or a random one.")

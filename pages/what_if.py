@@ -39,13 +39,13 @@ def setting() -> tuple[int, int, list[str]]:
                                        "e = 1,000.") or "CIFAR10"
     dataset, d_default, e_default = PRESETS[preset]
     a, b, c = st.columns(3)
-    d = a.number_input("d: pixels", min_value=1, value=d_default, step=1, key=f"wi-d-{preset}", help=ui.HELP["d"],
-                       disabled=dataset is not None)
-    e = b.number_input("e: pixels kept", min_value=1, value=e_default, step=1, key=f"wi-e-{preset}",
-                       help=ui.HELP["e"])
+    d = a.number_input("d: pixels", min_value=1, max_value=250_000, value=d_default, step=1, key=f"wi-d-{preset}",
+                       help=ui.HELP["d"] + " At most 250,000 here (a 500x500 image).", disabled=dataset is not None)
+    e = b.number_input("e: pixels kept", min_value=1, max_value=10_000, value=e_default, step=1,
+                       key=f"wi-e-{preset}", help=ui.HELP["e"] + " At most 10,000 here, to keep the page fast.")
     if dataset is None:
-        classes = c.number_input("c: classes", min_value=2, max_value=10_000, value=10, step=1, key="wi-c",
-                                 help="Number of labels of the base classifier.")
+        classes = c.number_input("c: classes", min_value=2, max_value=1_000, value=10, step=1, key="wi-c",
+                                 help="Number of labels of the base classifier (at most 1,000, as ImageNet).")
         return d, e, [f"label {j}" for j in range(classes)]
     c.number_input("c: classes", value=len(class_names(dataset)), disabled=True, key=f"wi-c-{preset}")
     return d, e, class_names(dataset)

@@ -67,3 +67,5 @@ def test_learn_toy_is_exact_and_shows_tightness():
     assert "is pushed out of the top 1" in texts(at)
     at.slider(key="toy-e").set_value(8).run()
     assert not at.exception and not at.error
+    at.slider(key="toy-c").set_value(2).run()  # then k can only be 1
+    assert not at.exception and not at.error and at.radio(key="toy-k").value == 1
