@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -121,6 +122,7 @@ def default_grids(d: int, e: int, n: int, num_classes: int, k: int = 1, alpha: f
     return {"k": ks, "e": es, "n": ns, "alpha": alphas}
 
 
+@lru_cache(maxsize=256)
 def smallest_certifying_n(
     num_classes: int, d: int, e: int, k: int, alpha: float, n_max: int = 1 << 40
 ) -> int | None:
@@ -129,6 +131,7 @@ def smallest_certifying_n(
     Below it no outcome of sampling can certify anything at this alpha (Eq. 8's bounds are too wide), so it is
     the least n worth running. The radius of a unanimous vote grows with n, hence a doubling then a binary
     search. None if even ``n_max`` samples cannot certify, or if k >= c (every label is trivially in the top-k).
+    Cached: the answer depends on these numbers only.
 
     >>> smallest_certifying_n(10, d=1024, e=50, k=1, alpha=0.001)
     14

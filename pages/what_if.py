@@ -22,6 +22,7 @@ from certcore.sweeps import (
 )
 from pages import _ui as ui
 
+_cached = st.cache_data(show_spinner=False, max_entries=256)  # a sweep that does not depend on the change is reused
 PRESETS = {"CIFAR10": ("cifar10", 1024, 50), "ImageNet": ("imagenet", 50176, 1000), "Custom": (None, 1024, 50)}
 
 
@@ -110,13 +111,13 @@ def sweeps(counts: np.ndarray, label: int, d: int, e: int, k: int, alpha: float,
     n = int(counts.sum())
     grid = default_grids(d, e, n, num_classes, k, alpha)
     a, b = st.columns(2)
-    a.plotly_chart(sweep_figure(radius_vs_k(counts, label, d, e, alpha, grid["k"]), k,
+    a.plotly_chart(sweep_figure(_cached(radius_vs_k)(counts, label, d, e, alpha, grid["k"]), k,
                                 "vs k (Figure 1): larger k, larger radius"), key="sweep-k")
-    b.plotly_chart(sweep_figure(radius_vs_e(counts, label, d, k, alpha, grid["e"]), e,
+    b.plotly_chart(sweep_figure(_cached(radius_vs_e)(counts, label, d, k, alpha, grid["e"]), e,
                                 "vs e (Figure 2), same counts", log_x=True), key="sweep-e")
-    a.plotly_chart(sweep_figure(radius_vs_n(counts, label, d, e, k, alpha, grid["n"]), n,
+    a.plotly_chart(sweep_figure(_cached(radius_vs_n)(counts, label, d, e, k, alpha, grid["n"]), n,
                                 "vs n (Figure 3), same frequencies", log_x=True), key="sweep-n")
-    b.plotly_chart(sweep_figure(radius_vs_alpha(counts, label, d, e, k, grid["alpha"]), alpha,
+    b.plotly_chart(sweep_figure(_cached(radius_vs_alpha)(counts, label, d, e, k, grid["alpha"]), alpha,
                                 "vs alpha (Figure 4)", log_x=True), key="sweep-alpha")
     st.caption("The e sweep keeps the counts fixed, so it shows what the certificate alone does with e; with a "
                "real base classifier the counts change too (fewer kept pixels, less accurate votes), which is the "
