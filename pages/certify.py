@@ -217,7 +217,9 @@ def show_result(shown: ui.Shown, names: list[str], current_key: str | None, k: i
         )
         st.button(f"Run all {s.n:,} samples", on_click=_request_complete, icon=":material/replay:")
     if current_key is not None and shown.key != current_key:
-        st.info("The inputs above changed since this result was computed: press **Certify** to certify them.")
+        thumb, note = st.columns([1, 9], vertical_alignment="center")
+        thumb.image(enlarge(shown.image, 64), caption="certified")
+        note.info("The inputs above changed since this result was computed: press **Certify** to certify them.")
     cert = s.certificate(k, alpha)
     ui.show_certificate(cert, names, key="certify", context=ctx)
 
