@@ -33,7 +33,8 @@ def curves(files: list[Path]) -> None:
     alpha = b.number_input("alpha (empty: each run's own)", min_value=1e-12, max_value=0.5, value=None,
                            format="%g", key="acc-alpha", help=ui.HELP["alpha"] + " Another alpha re-certifies the "
                            "stored counts; no sampling.")
-    r_max = c.slider("Largest r shown", 1, 50, 10, key="acc-rmax")
+    r_max = c.slider("Largest r shown", 1, 50, 10, key="acc-rmax",
+                     help="The number of perturbed pixels r runs from 0 to this (the paper's tables: 1 to 5).")
     if not chosen or not ks:
         st.info("Choose at least one results file and one k.")
         return
@@ -71,7 +72,8 @@ def live_run() -> None:
         return
     with st.form("acc-live"):
         a, b, c = st.columns(3)
-        name = a.selectbox("Checkpoint", [i.name for i in infos], key="acc-ckpt")
+        name = a.selectbox("Checkpoint", [i.name for i in infos], key="acc-ckpt",
+                           help="The base classifier f; e is the one it was trained with.")
         images = b.number_input("Test images", 1, 50, 5, key="acc-images",
                                 help="The first images of the evaluation set (CIFAR10: test images 0, 2, 4, ...).")
         n = c.number_input("n per image", 1, 1_000_000, 1000, step=1000, key="acc-n", help=ui.HELP["n"])

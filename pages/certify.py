@@ -91,7 +91,9 @@ def image_picker(dataset: str, names: list[str], default: DefaultResult | None) 
                                   key="source", help="Bundled images ship with certcore; uploads are resized "
                                   "and centre-cropped to the dataset's input size.") or "Bundled sample"
     if source == "Upload":
-        upload = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"])
+        upload = st.file_uploader("Upload an image", type=["png", "jpg", "jpeg", "webp", "bmp", "gif"],
+                                  help="Resized and centre-cropped to 32x32 (CIFAR10) or 224x224 (ImageNet): d = "
+                                       "H x W pixels.")
         if upload is None:
             st.info("Choose an image file to certify.")
             return None
@@ -108,11 +110,15 @@ def image_picker(dataset: str, names: list[str], default: DefaultResult | None) 
     ids = list(bundled)
     first = default.image if default is not None and default.image in bundled else ids[0]
     image_id = st.selectbox("Image", ids, index=ids.index(first), key="image",
-                            format_func=lambda i: f"{bundled[i].class_name} · {i}")
-    st.button("Random image", on_click=_use_image, args=(random.choice(ids),), icon=":material/casino:")
+                            format_func=lambda i: f"{bundled[i].class_name} · {i}",
+                            help="The input x (Section 2.1): a real test image; its true label is the label l "
+                                 "certified with confidence 1 - alpha.")
+    st.button("Random image", on_click=_use_image, args=(random.choice(ids),), icon=":material/casino:",
+              help="Pick one of the bundled images at random.")
     with st.expander("Gallery"):
         classes = sorted({s.class_name for s in bundled.values()})
-        shown_class = st.selectbox("Class", ["all classes", *classes], key=f"gallery-{dataset}")
+        shown_class = st.selectbox("Class", ["all classes", *classes], key=f"gallery-{dataset}",
+                                   help="Show the bundled images of one class (true label).")
         pool = [s for s in bundled.values() if shown_class in ("all classes", s.class_name)][:20]
         for row in range(0, len(pool), 5):
             for col, s in zip(st.columns(5), pool[row : row + 5], strict=False):
@@ -215,7 +221,8 @@ def show_result(shown: ui.Shown, names: list[str], current_key: str | None, k: i
             f"valid for the {s.samples:,} samples drawn: when to stop did not depend on the counts, which are not "
             "shown while sampling."
         )
-        st.button(f"Run all {s.n:,} samples", on_click=_request_complete, icon=":material/replay:")
+        st.button(f"Run all {s.n:,} samples", on_click=_request_complete, icon=":material/replay:",
+                  help="Sample again from the start with the same seed, all the way to n.")
     if current_key is not None and shown.key != current_key:
         thumb, note = st.columns([1, 9], vertical_alignment="center")
         thumb.image(enlarge(shown.image, 64), caption="certified")

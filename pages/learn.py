@@ -71,13 +71,15 @@ def toy_controls() -> tuple[tuple[int, ...], int, int, int, int, float]:
         start = pd.DataFrame([[True, False, True], [False, True, False], [True, True, False]],
                              columns=["left", "middle", "right"])
         grid = st.data_editor(start, hide_index=True, key="toy-image", column_config={
-            c: st.column_config.CheckboxColumn(c, width="small") for c in start.columns})
+            c: st.column_config.CheckboxColumn(c, width="small", help="Tick: a white pixel (1), else black (0).")
+            for c in start.columns})
         image = tuple(int(v) for v in grid.to_numpy(dtype=bool).ravel())
         st.image(toy_image(image), caption="d = 9 pixels")
     with right:
         a, b = st.columns(2)
         e = a.slider("e: pixels kept", 1, 8, 2, key="toy-e", help=ui.HELP["e"])
-        classes = b.slider("c: classes", 2, len(TOY_NAMES), 3, key="toy-c")
+        classes = b.slider("c: classes", 2, len(TOY_NAMES), 3, key="toy-c",
+                           help="Number of labels of the toy base classifier.")
         k = a.radio("k", list(range(1, classes)), horizontal=True, key="toy-k", help=ui.HELP["k"])
         favourite = b.slider("How often f says 'cat'", 0.0, 1.0, 0.75, 0.05, key="toy-fav",
                              help="The base classifier is a random lookup table: each ablation gets 'cat' with "

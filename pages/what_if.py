@@ -61,7 +61,9 @@ def counts_editor(names: list[str]) -> np.ndarray:
     table = st.data_editor(
         pd.DataFrame({"label": names, "count": start}),
         column_config={"label": st.column_config.TextColumn(disabled=True),
-                       "count": st.column_config.NumberColumn(min_value=0, step=1, format="%d", required=True)},
+                       "count": st.column_config.NumberColumn(min_value=0, step=1, format="%d", required=True,
+                                                              help="n_j: how many of the n ablated samples the "
+                                                                   "base classifier labelled j.")},
         hide_index=True, height=300, key=f"wi-counts-{len(names)}-{st.session_state.get('wi-version', 0)}",
     )
     return table["count"].fillna(0).to_numpy(dtype=np.int64)
@@ -128,7 +130,8 @@ def bounds_mode(d: int, e: int, names: list[str]) -> None:
     """Eq. 3 typed in directly: a lower bound for the label, upper bounds for all the others."""
     a, b = st.columns([1, 1.3], gap="large")
     with a:
-        label = st.selectbox("Label l", range(len(names)), format_func=lambda j: names[j], key="wi-b-label")
+        label = st.selectbox("Label l", range(len(names)), format_func=lambda j: names[j], key="wi-b-label",
+                             help="The label whose radius Theorem 1 certifies.")
         lower, upper = simuem_bounds(example_counts(len(names)), 0.001)
         p_lower = st.number_input("Lower bound of p_l", min_value=0.0, max_value=1.0, value=float(lower[label]),
                                   step=0.01, format="%.6f", key=f"wi-b-lower-{label}",
@@ -138,7 +141,9 @@ def bounds_mode(d: int, e: int, names: list[str]) -> None:
             pd.DataFrame({"label": [names[j] for j in others], "upper bound": upper[others]}),
             column_config={"label": st.column_config.TextColumn(disabled=True),
                            "upper bound": st.column_config.NumberColumn(min_value=0.0, max_value=1.0,
-                                                                        format="%.6f", required=True)},
+                                                                        format="%.6f", required=True,
+                                                                        help="Eq. 3: an upper bound of the "
+                                                                             "probability of label j.")},
             hide_index=True, height=300, key=f"wi-b-uppers-{len(names)}-{label}",
         )
         k = st.number_input("k", min_value=1, value=3, step=1, key="wi-b-k", help=ui.HELP["k"])
@@ -168,7 +173,9 @@ def body() -> None:
                 "the certified radius update, then sweep k, e, n and alpha. Try the paper's settings or your own.")
     d, e, names = setting()
     mode = st.segmented_control("Start from", ["Label counts", "Bounds (Eq. 3)"], default="Label counts",
-                                key="wi-mode") or "Label counts"
+                                key="wi-mode", help="Label counts n_j of n samples (bounds from Eq. 8), or the "
+                                "bounds of Eq. 3 themselves: a lower bound for l, upper bounds for the others.") \
+        or "Label counts"
     if mode == "Label counts":
         counts_mode(d, e, names)
     else:
