@@ -31,6 +31,9 @@ def _load_from_certify() -> None:
     st.session_state["wi-loaded"] = (shown.context["dataset"], shown.sampled.counts, shown.sampled.label)
     st.session_state["wi-preset"] = "CIFAR10" if shown.context["dataset"] == "cifar10" else "ImageNet"
     st.session_state["wi-version"] = st.session_state.get("wi-version", 0) + 1
+    st.session_state["wi-n"] = None  # the counts as sampled, not rescaled
+    if shown.sampled.label is not None:
+        st.session_state["wi-label"] = shown.sampled.label
 
 
 def setting() -> tuple[int, int, list[str]]:

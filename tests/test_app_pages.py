@@ -69,3 +69,15 @@ def test_learn_toy_is_exact_and_shows_tightness():
     assert not at.exception and not at.error
     at.slider(key="toy-c").set_value(2).run()  # then k can only be 1
     assert not at.exception and not at.error and at.radio(key="toy-k").value == 1
+
+
+def test_what_if_takes_the_counts_of_the_last_certificate():
+    at = open_page()
+    at.number_input(key="n").set_value(200)
+    at.button(key="FormSubmitter:certify-parameters-Certify").click().run()
+    sampled = at.session_state["certify.last"].sampled
+    at.switch_page("pages/what_if.py").run()
+    at.button[0].click().run()  # "Use the counts of the last certificate"
+    assert_clean(at)
+    assert at.dataframe[0].value["count"].tolist() == list(sampled.counts)
+    assert at.selectbox(key="wi-label").value == sampled.label
