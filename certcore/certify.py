@@ -34,6 +34,7 @@ from certcore.radius import certified_radius, levine_feizi_radius, radius_limit
 from certcore.sampling import (
     DEFAULT_BATCH_SIZE,
     Progress,
+    SamplingResult,
     check_image,
     num_classes_of,
     sample_counts,
@@ -62,6 +63,19 @@ class SamplingRun:
     samples_per_second: float
     torch_version: str
     checkpoint: str | None = None
+
+    @classmethod
+    def of(cls, result: SamplingResult, seed: int, checkpoint: str | None = None) -> SamplingRun:
+        """The record of one ``sample_counts`` result (complete or partial)."""
+        return cls(
+            seed=seed,
+            device=result.device,
+            batch_size=result.batch_size,
+            seconds=result.seconds,
+            samples_per_second=result.samples_per_second,
+            torch_version=str(torch.__version__),
+            checkpoint=checkpoint,
+        )
 
 
 @dataclass(frozen=True)
@@ -219,13 +233,5 @@ def certify(
     sampled = sample_counts(
         model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=classes, progress=progress
     )
-    run = SamplingRun(
-        seed=seed,
-        device=sampled.device,
-        batch_size=sampled.batch_size,
-        seconds=sampled.seconds,
-        samples_per_second=sampled.samples_per_second,
-        torch_version=str(torch.__version__),
-        checkpoint=checkpoint,
-    )
+    run = SamplingRun.of(sampled, seed, checkpoint)
     return certificate_from_counts(sampled.counts, d=height * width, e=e, k=k, alpha=alpha, label=label, run=run)

@@ -143,15 +143,7 @@ def sample_image(
         )
     except SamplingCancelled as cancelled:
         result = cancelled.result
-    run = SamplingRun(
-        seed=seed,
-        device=result.device,
-        batch_size=result.batch_size,
-        seconds=result.seconds,
-        samples_per_second=result.samples_per_second,
-        torch_version=torch.__version__,
-        checkpoint=checkpoint,
-    )
+    run = SamplingRun.of(result, seed, checkpoint)
     _, height, width = image.shape
     counts = tuple(int(x) for x in result.counts)
     return SampledCounts(counts, n, height * width, e, label, run, partial=result.partial)
