@@ -39,6 +39,7 @@ from certcore.sampling import (
     num_classes_of,
     sample_counts,
 )
+from certcore.sweeps import warn_if_too_few_samples
 from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_label
 
 
@@ -220,7 +221,8 @@ def certify(
     ``sample_counts`` then ``certificate_from_counts`` (see both, and the module docstring for the guarantee:
     the true ``label`` is certified with probability >= 1 - alpha, the data-selected top-k with >= 1 - 2 alpha).
     All parameters are validated before any sampling (c is read from the model unless ``num_classes`` is
-    given). ``checkpoint`` (a hash or name of the weights) is recorded in the certificate's ``run``.
+    given), and a ``SampleSizeWarning`` names the smallest useful n when n samples can never certify.
+    ``checkpoint`` (a hash or name of the weights) is recorded in the certificate's ``run``.
     """
     _, height, width = check_image(image).shape
     check_d_e(height * width, e)
@@ -230,6 +232,7 @@ def certify(
     check_int(k, "k", 1, classes - 1)
     if label is not None:
         check_label(label, classes)
+    warn_if_too_few_samples(n, num_classes=classes, d=height * width, e=e, k=k, alpha=alpha)
     sampled = sample_counts(
         model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=classes, progress=progress
     )

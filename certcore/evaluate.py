@@ -56,6 +56,7 @@ from certcore.results import (
     shard_files,
 )
 from certcore.sampling import DEFAULT_BATCH_SIZE, sample_counts
+from certcore.sweeps import warn_if_too_few_samples
 
 IMAGENET_EVAL_SIZE = 500
 BARRIER_TIMEOUT = datetime.timedelta(hours=72)  # ranks wait at the final barrier for the slowest shard
@@ -395,6 +396,8 @@ def evaluate(args: argparse.Namespace, ranks: Ranks) -> list[Record] | None:
         "certcore_version": certcore.__version__,
         "data_file": source.data_file,
     }
+    for k in ks:
+        warn_if_too_few_samples(args.n, num_classes=num_classes, d=run["d"], e=run["e"], k=k, alpha=run["alpha"])
 
     for path in files_to_repair(out, ranks):
         repair_tail(path, run)

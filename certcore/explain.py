@@ -17,7 +17,7 @@ import numpy as np
 
 from certcore.certify import Certificate
 from certcore.radius import BoundCurves, bound_curves, certify_counts, levine_feizi_radius
-from certcore.sweeps import smallest_certifying_n
+from certcore.sweeps import too_few_samples
 
 
 def percent(p: float) -> str:
@@ -58,14 +58,9 @@ def parameter_problems(*, d: int, e: int, k: int, n: int, alpha: float, num_clas
         problems.append(f"n = {n} samples: at least one sample is needed.")
     if problems:
         return problems
-    n_min = smallest_certifying_n(num_classes, d, e, k, alpha)
-    if n_min is None or n < n_min:
-        need = f"use n >= {n_min:,}" if n_min is not None else "no n is large enough"
-        problems.append(
-            f"n = {n:,} samples can never certify at alpha = {alpha:g}: even if all {n:,} samples voted for one "
-            f"label, its SimuEM lower bound (Eq. 8, one-sided at alpha/c = {alpha / num_classes:.2g}) would not "
-            f"exceed the other labels' upper bounds. With c = {num_classes}, k = {k}, d = {d:,}, e = {e:,}: {need}."
-        )
+    shortfall = too_few_samples(n, num_classes=num_classes, d=d, e=e, k=k, alpha=alpha)
+    if shortfall is not None:
+        problems.append(shortfall)
     return problems
 
 
