@@ -9,6 +9,10 @@ Mask stream: on the CPU the masks depend on the seed only, not on the batch size
 the CPU generator sequentially and a mask is a function of its own row of keys), so a seeded run gives the
 same counts for every batch size (tested). On CUDA the generator's stream is laid out per kernel launch, so
 there the masks, hence the counts, depend on the seed *and* the batch size.
+
+Concurrent callers (app sessions are threads of one server sharing one cached model) on the same GPU take
+turns batch by batch (``device_lock``): each session's progress keeps moving, and the GPU holds one batch's
+activations at a time instead of one per session. On the CPU no lock is taken.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import platform
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -160,6 +165,20 @@ def num_classes_of(model: nn.Module, image: torch.Tensor, device: torch.device |
     return int(logits.shape[1])
 
 
+_DEVICE_LOCKS: dict[torch.device, threading.Lock] = {}
+_DEVICE_LOCKS_GUARD = threading.Lock()
+
+
+def device_lock(device: torch.device) -> contextlib.AbstractContextManager:
+    """The lock one batch of sampling holds on ``device``: one shared ``threading.Lock`` per CUDA device, so
+    concurrent sessions interleave batch by batch and never stack their activations in GPU memory; a no-op
+    context on the CPU, where threads share the cores anyway."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    with _DEVICE_LOCKS_GUARD:
+        return _DEVICE_LOCKS.setdefault(device, threading.Lock())
+
+
 def _count_labels(
     model: nn.Module, image: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor, batch_size: int
 ) -> int:
@@ -242,8 +261,9 @@ def sample_counts(
 
     with torch.inference_mode():
         while done < n:
-            keep = draw_keep_masks(min(batch_size, n - done), height, width, e, generator, dev)
-            batch_size = _count_labels(model, x, keep, counts, batch_size)
+            with device_lock(dev):
+                keep = draw_keep_masks(min(batch_size, n - done), height, width, e, generator, dev)
+                batch_size = _count_labels(model, x, keep, counts, batch_size)
             done += len(keep)
             if progress is not None and progress(done, n) is False and done < n:
                 raise SamplingCancelled(result(partial=True))

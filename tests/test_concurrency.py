@@ -5,9 +5,9 @@ alone, then both together in two threads. While both are inside ``sample_counts`
 progress callback proves it: if one session held a lock the other needed, the barrier would time out), a third
 session loads the What-if page. Then the two are released and must end with exactly the counts they had alone.
 
-CUDA is not exercised here (no GPU): ``certcore.sampling`` has no lock or queue around GPU sampling, so sessions
-on one GPU run their batches interleaved on the device, each with its own ``torch.Generator`` (which is why the
-counts stay reproducible); see README "Reliability and security".
+On a GPU, sessions take turns batch by batch (``certcore.sampling.device_lock``), so the device holds one batch's
+activations at a time. No GPU is here: the lock's wiring and mutual exclusion are tested by handing CPU sampling the
+lock a GPU would get; see README "Reliability and security".
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import certcore.interactive
+import certcore.sampling
 from certcore.ablation import ablate
 from certcore.checkpoints import save_checkpoint
 from certcore.data import bundled_samples, class_names
@@ -152,3 +153,46 @@ def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monk
     assert len(models) == 4 and len(set(models)) == 1  # one cached model object served every run
     print(f"\nalone: {seconds_alone} s; together: {seconds_together:.1f} s; What-if loaded in "
           f"{what_if_seconds:.1f} s while both sampled")
+
+
+def test_gpu_lock_is_one_per_device_and_none_on_cpu() -> None:
+    lock = certcore.sampling.device_lock(torch.device("cuda", 0))
+    assert lock is certcore.sampling.device_lock(torch.device("cuda", 0))
+    assert lock is not certcore.sampling.device_lock(torch.device("cuda", 1))
+    assert not isinstance(certcore.sampling.device_lock(torch.device("cpu")), type(lock))
+
+
+def test_sessions_sharing_a_device_lock_take_turns_per_batch_and_keep_their_counts(monkeypatch) -> None:
+    """Two threads sample under the lock a GPU would give them: never two batches at once, one lock turn per
+    batch, and each thread's counts equal its single-thread counts for its seed."""
+    image = bundled_samples("cifar10")[0].image
+    model = spread_model(image)
+    lock, inside, most_inside, turns = threading.Lock(), [0], [0], []
+
+    class Recording:
+        def __enter__(self) -> None:
+            lock.acquire()
+            inside[0] += 1
+            most_inside[0] = max(most_inside[0], inside[0])
+            turns.append(threading.get_ident())
+            time.sleep(0.002)  # widen the window in which a missing lock would show as overlap
+
+        def __exit__(self, *exc: object) -> None:
+            inside[0] -= 1
+            lock.release()
+
+    def sample(seed: int) -> tuple[int, ...]:
+        return tuple(certcore.sampling.sample_counts(model, image, 50, N, seed=seed, batch_size=BATCH).counts.tolist())
+
+    alone = {seed: sample(seed) for seed in SEEDS}
+    monkeypatch.setattr(certcore.sampling, "device_lock", lambda _device: Recording())
+    turns.clear()
+    together: dict[int, tuple[int, ...]] = {}
+    threads = [threading.Thread(target=lambda s=seed: together.__setitem__(s, sample(s))) for seed in SEEDS]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert together == alone
+    assert most_inside[0] == 1
+    assert len(turns) == len(SEEDS) * (N // BATCH)
