@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+from torchvision.transforms import v2
 
 # The clean akamaster CIFAR checkpoints were trained with these (ImageNet) statistics, so the CIFAR models use
 # them too: a model initialised from those weights then sees exactly the inputs it was trained on.
@@ -129,17 +130,29 @@ def build_model(
     return AblationClassifier(EncodingNormalize(mean, std), net)
 
 
+def _clean_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a clean akamaster checkpoint, loaded safely (``weights_only``), ``module.`` prefix removed."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise ValueError(f"path {str(path)!r} does not hold a state dict")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _load_strict(net: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"path {str(path)!r}: weights do not fit this model: {exc}") from exc
+
+
 def init_from_clean_cifar(model: AblationClassifier, path: str | Path) -> None:
     """Initialise a CIFAR model from a clean akamaster checkpoint (3-channel input, ``module.`` key prefix).
 
     conv1 gets the clean weights on the first C encoding channels (the kept pixels x*m) and zeros on the other C,
     so the model starts out as the clean classifier applied to the image with ablated pixels set to 0.
     """
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    state = blob.get("state_dict", blob) if isinstance(blob, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"path {str(path)!r} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = _clean_state(path)
     net = model.net
     if not isinstance(net, CifarResNet):
         raise ValueError("model must be a CIFAR ResNet (resnet20/56/110) to take clean CIFAR weights")
@@ -147,7 +160,18 @@ def init_from_clean_cifar(model: AblationClassifier, path: str | Path) -> None:
     if conv1 is None or conv1.shape[1] * 2 != net.conv1.weight.shape[1]:
         raise ValueError(f"path {str(path)!r}: conv1.weight does not fit a {net.conv1.weight.shape[1]}-channel input")
     state["conv1.weight"] = torch.cat((conv1, torch.zeros_like(conv1)), dim=1)
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"path {str(path)!r}: weights do not fit this model: {exc}") from exc
+    _load_strict(net, state, path)
+
+
+def clean_cifar_classifier(arch: str, path: str | Path) -> nn.Module:
+    """The clean akamaster classifier itself, in eval mode: RGB images (B, 3, H, W) in [0, 1], *not* the ablation
+    encoding, normalised inside with the ImageNet statistics those weights were trained with."""
+    if arch not in CIFAR_DEPTHS:
+        raise ValueError(f"arch must be one of {', '.join(CIFAR_DEPTHS)}; got {arch!r}")
+    state = _clean_state(path)
+    linear = state.get("linear.weight")
+    if linear is None:
+        raise ValueError(f"path {str(path)!r} holds no linear.weight (not a clean CIFAR ResNet)")
+    net = CifarResNet((CIFAR_DEPTHS[arch] - 2) // 6, linear.shape[0], 3)
+    _load_strict(net, state, path)
+    return nn.Sequential(v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), net).eval()

@@ -10,6 +10,9 @@ augmentation and the ablation generators; the data order is a function of seed a
 after every epoch and every ``--save-every-steps`` steps; ``--resume`` continues bit-identically. Per-epoch
 accuracy is measured on a held-out split of the training set; the project's 500 evaluation images are only used
 for the final, reported accuracy. Multi-process training works under ``torchrun`` (DDP, gloo on CPU, nccl on CUDA).
+
+``--distill clean-resnet20`` (or ``clean-resnet56``) adds knowledge distillation from a clean CIFAR-10 teacher
+(see ``distillation_loss``).
 """
 
 from __future__ import annotations
@@ -43,7 +46,14 @@ from certcore.data import (
     imagenet_folder,
     shared_data_dir,
 )
-from certcore.models import ARCHS, IMAGENET_MEAN, IMAGENET_STD, build_model, init_from_clean_cifar
+from certcore.models import (
+    ARCHS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_model,
+    clean_cifar_classifier,
+    init_from_clean_cifar,
+)
 
 ENCODING = "levine-feizi-2c"
 CLEAN_INITS = {
@@ -71,9 +81,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=128, help="global batch (split across DDP processes)")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay per step)")
+    p.add_argument(
+        "--lr-schedule", choices=("cosine", "constant"), default="cosine", help="cosine decay per step to 0, or flat"
+    )
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--init", choices=(*CLEAN_INITS, "none"), default="none")
+    p.add_argument(
+        "--distill", choices=(*CLEAN_INITS, "none"), default="none", help="clean CIFAR-10 teacher to distill from"
+    )
+    p.add_argument("--distill-weight", type=float, default=0.5, help="w: loss = (1-w) CE + w T^2 KL(teacher||student)")
+    p.add_argument("--distill-temperature", type=float, default=4.0, help="T, softmax temperature of the KL term")
     p.add_argument(
         "--data-root",
         default=None,
@@ -117,6 +135,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
     if not args.lr > 0 or not args.weight_decay >= 0:
         p.error(f"--lr must be > 0 and --weight-decay >= 0, got {args.lr} and {args.weight_decay}")
+    if not 0 <= args.distill_weight <= 1 or not args.distill_temperature > 0:
+        p.error(
+            f"--distill-weight must be in [0, 1] and --distill-temperature > 0, "
+            f"got {args.distill_weight} and {args.distill_temperature}"
+        )
+    if args.distill != "none" and args.dataset != "cifar10":
+        p.error(f"--distill {args.distill} is a CIFAR-10 teacher; it needs --dataset cifar10")
     return args
 
 
@@ -325,8 +350,17 @@ def rng_restore(snap: dict[str, Any]) -> None:
 
 
 def run_config(args: argparse.Namespace, d: Dist) -> dict[str, Any]:
-    """The options a resumed run must share with the run that wrote the state."""
-    return {**{k: getattr(args, k) for k in CONFIG_KEYS}, "world_size": d.world}
+    """The options a resumed run must share with the run that wrote the state.
+
+    Options added after states were first written (lr schedule, distillation) enter only when they differ from
+    their defaults, so a state written before them still resumes with the unchanged command.
+    """
+    config = {**{k: getattr(args, k) for k in CONFIG_KEYS}, "world_size": d.world}
+    if args.lr_schedule != "cosine":
+        config["lr_schedule"] = args.lr_schedule
+    if args.distill != "none":
+        config.update({k: getattr(args, k) for k in ("distill", "distill_weight", "distill_temperature")})
+    return config
 
 
 def save_state(
@@ -386,6 +420,39 @@ def build(args: argparse.Namespace, num_classes: int, d: Dist) -> nn.Module:
     return model.to(d.device, memory_format=torch.channels_last)
 
 
+def build_teacher(args: argparse.Namespace, d: Dist) -> nn.Module | None:
+    """The clean teacher of ``--distill`` (eval mode, frozen, channels_last on the device), or None."""
+    if args.distill == "none":
+        return None
+    arch, file = CLEAN_INITS[args.distill]
+    shared = Path(args.shared_data) if args.shared_data else shared_data_dir()
+    teacher = clean_cifar_classifier(arch, shared / "checkpoints" / file).requires_grad_(False)
+    return teacher.to(d.device, memory_format=torch.channels_last)
+
+
+def distillation_loss(
+    logits: torch.Tensor, teacher_logits: torch.Tensor, y: torch.Tensor, weight: float, temperature: float
+) -> torch.Tensor:
+    """(1-w) CE(student, y) + w T^2 KL(softmax(teacher/T) || softmax(student/T)) (Hinton et al. 2015).
+
+    The student sees an ablated image, the teacher the same augmented image un-ablated. With e = 50 of 1024 pixels
+    kept, an ablated image often lacks the evidence for its hard label, so the one-hot target asks the student for
+    a certainty its input cannot support. The clean teacher's softened distribution says what the image is and
+    what it resembles (a cat that looks like a dog): a richer, lower-variance target carrying the clean model's
+    knowledge into a student that only sees 5% of the pixels. The T^2 factor keeps the soft term's gradient
+    scale independent of T. The teacher was trained on exact pixels and here sees the JPEG training images, so
+    its targets are somewhat worse than on exact pixels; the CE term keeps the true label in the loss.
+    """
+    ce = F.cross_entropy(logits, y)
+    kl = F.kl_div(
+        F.log_softmax(logits / temperature, dim=1),
+        F.log_softmax(teacher_logits / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - weight) * ce + weight * temperature**2 * kl
+
+
 def fmt_time(seconds: float) -> str:
     s = int(seconds)
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
@@ -412,6 +479,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         + (f", {len(data.evaluation)} evaluation" if data.evaluation else ""),
     )
     model = build(args, len(data.class_names), d)
+    teacher = build_teacher(args, d)
     core = model
     if d.world > 1:
         model = DistributedDataParallel(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
@@ -421,7 +489,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         raise SystemExit(f"fewer training images per process ({len(sampler)}) than the batch ({per_rank})")
     total_steps = steps_per_epoch * args.epochs
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    sched = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+        if args.lr_schedule == "cosine"
+        else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+    )
     aug = torch.Generator(device=d.device).manual_seed(args.seed * 1000 + 2 * d.rank)
     abl = torch.Generator(device=d.device).manual_seed(args.seed * 1000 + 2 * d.rank + 1)
     history: list[dict[str, Any]] = []
@@ -430,7 +502,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     if args.resume:
         st = load_state(args)
         saved = json.loads(st["config"])
-        diff = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
+        diff = {
+            k: (saved.get(k), config.get(k))
+            for k in sorted(saved.keys() | config.keys())
+            if saved.get(k) != config.get(k)
+        }
         if diff:
             raise SystemExit(f"--resume: options differ from the saved run (saved, now): {diff}")
         core.load_state_dict(st["model"])
@@ -468,7 +544,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         ):
             enc = ablate(x, args.e, abl).contiguous(memory_format=torch.channels_last)
             logits = model(enc)
-            loss = F.cross_entropy(logits, y)
+            if teacher is None:
+                loss = F.cross_entropy(logits, y)
+            else:
+                with torch.inference_mode():
+                    teacher_logits = teacher(x.contiguous(memory_format=torch.channels_last))
+                loss = distillation_loss(logits, teacher_logits, y, args.distill_weight, args.distill_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -577,10 +658,21 @@ def metadata(
             "batch_size": args.batch_size,
             "optimizer": "SGD momentum 0.9 nesterov",
             "lr": args.lr,
-            "lr_schedule": "cosine per step to 0, no warmup",
+            "lr_schedule": "cosine per step to 0, no warmup" if args.lr_schedule == "cosine" else "constant",
             "weight_decay": args.weight_decay,
             "seed": args.seed,
             "init": args.init,
+            "distillation": (
+                "none"
+                if args.distill == "none"
+                else {
+                    "teacher": args.distill,
+                    "weight": args.distill_weight,
+                    "temperature": args.distill_temperature,
+                    "loss": "(1-w) CE(student(ablated x), y) + w T^2 KL(softmax(teacher(x)/T) || softmax(student/T))",
+                    "teacher_input": "the same augmented image, not ablated, RGB with the ImageNet normalisation",
+                }
+            ),
             "augmentation": (
                 "random crop 32 pad 4 + horizontal flip"
                 if args.dataset == "cifar10"

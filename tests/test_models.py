@@ -7,7 +7,14 @@ import pytest
 import torch
 
 from certcore.ablation import ablate, encode_ablated
-from certcore.models import IMAGENET_MEAN, IMAGENET_STD, EncodingNormalize, build_model, init_from_clean_cifar
+from certcore.models import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncodingNormalize,
+    build_model,
+    clean_cifar_classifier,
+    init_from_clean_cifar,
+)
 
 
 @pytest.mark.parametrize(("arch", "blocks"), [("resnet20", 3), ("resnet56", 9), ("resnet110", 18)])
@@ -58,6 +65,22 @@ def test_clean_init_is_the_clean_classifier_on_kept_pixels(shared_data) -> None:
     with torch.no_grad():
         acc = (model.eval()(encode_ablated(x, torch.ones(200, 32, 32, dtype=torch.bool))).argmax(1) == y).float()
     assert acc.mean() > 0.85  # 91.5% on all 1,000 lossless images (data README)
+
+
+def test_clean_classifier_equals_the_clean_init_on_unablated_images(shared_data) -> None:
+    """The distillation teacher (RGB input) and the clean-initialised model (encoding, all pixels kept) agree."""
+    path = shared_data / "checkpoints" / "resnet20-12fca82f.th"
+    student = build_model("resnet20", 10)
+    init_from_clean_cifar(student, path)
+    teacher = clean_cifar_classifier("resnet20", path)
+    assert not teacher.training
+    x = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(
+            teacher(x), student.eval()(encode_ablated(x, torch.ones(4, 32, 32, dtype=torch.bool))), atol=1e-4, rtol=0
+        )
+    with pytest.raises(ValueError, match="weights do not fit"):
+        clean_cifar_classifier("resnet56", path)
 
 
 def test_clean_init_rejects_wrong_arch(shared_data) -> None:

@@ -50,14 +50,27 @@ def assert_same_run(a: Path, b: Path) -> None:
     assert [h["val_ablated_acc"] for h in ma["history"]] == [h["val_ablated_acc"] for h in mb["history"]]
 
 
-def test_kill_and_resume_mid_epoch_equals_uninterrupted(cifar_root: Path, tmp_path: Path) -> None:
+DISTILL = ("--distill", "clean-resnet20", "--distill-weight", "0.7", "--lr-schedule", "constant")
+
+
+@pytest.mark.parametrize("extra", [(), DISTILL], ids=["plain", "distill-constant-lr"])
+def test_kill_and_resume_mid_epoch_equals_uninterrupted(
+    cifar_root: Path, tmp_path: Path, extra: tuple[str, ...], request: pytest.FixtureRequest
+) -> None:
+    if extra:
+        request.getfixturevalue("shared_data")  # the teacher's clean weights; skips without the offline folder
     full, cut = tmp_path / "full", tmp_path / "cut"
-    meta = train.main(tiny_args(cifar_root, full))
+    meta = train.main(tiny_args(cifar_root, full, *extra))
     assert meta["training"]["train_size"] == 96 and meta["num_classes"] == 10 and len(meta["history"]) == 2
     assert 0 <= meta["accuracies"]["val_ablated"] <= 1 and "eval500_ablated" not in meta["accuracies"]
+    distill = meta["training"]["distillation"]
+    if extra:
+        assert (distill["teacher"], distill["weight"], distill["temperature"]) == ("clean-resnet20", 0.7, 4.0)
+    else:
+        assert distill == "none"
     # 6 steps per epoch; state saved at steps 4, 6 (end of epoch 1) and 8; "killed" after step 10.
     copy = cut / "state-copy.pt"
-    args = tiny_args(cifar_root, cut, "--save-every-steps", "4", "--state-copy", str(copy))
+    args = tiny_args(cifar_root, cut, "--save-every-steps", "4", "--state-copy", str(copy), *extra)
     assert train.main([*args, "--stop-after-steps", "10"]) is None
     assert not (cut / "ck.pt").exists()
     saved = torch.load(copy, weights_only=True)["position"]
@@ -84,6 +97,27 @@ def test_resume_refuses_changed_options(cifar_root: Path, tmp_path: Path) -> Non
     assert train.main([*args, "--stop-after-steps", "3"]) is None
     with pytest.raises(SystemExit, match="options differ.*lr"):
         train.main([*args, "--lr", "0.2", "--resume"])
+    with pytest.raises(SystemExit, match="options differ.*lr_schedule"):  # an option the saved config lacks
+        train.main([*args, "--lr-schedule", "constant", "--resume"])
+
+
+def test_resume_refuses_changed_distillation(cifar_root: Path, tmp_path: Path, shared_data: Path) -> None:
+    args = [*tiny_args(cifar_root, tmp_path, *DISTILL), "--save-every-steps", "2"]
+    assert train.main([*args, "--stop-after-steps", "3"]) is None
+    with pytest.raises(SystemExit, match="options differ.*distill_temperature"):
+        train.main([*args, "--distill-temperature", "2", "--resume"])
+    with pytest.raises(SystemExit, match="options differ.*distill"):
+        train.main([*tiny_args(cifar_root, tmp_path, "--lr-schedule", "constant"), "--resume"])
+
+
+def test_distillation_loss_mixes_hard_and_soft_targets() -> None:
+    s, t, y = torch.randn(5, 10), torch.randn(5, 10), torch.randint(0, 10, (5,))
+    ce = torch.nn.functional.cross_entropy(s, y)
+    assert torch.allclose(train.distillation_loss(s, t, y, 0.0, 4.0), ce)
+    assert torch.allclose(train.distillation_loss(s, s, y, 1.0, 4.0), torch.tensor(0.0), atol=1e-6)
+    p_t, log_p_s = torch.softmax(t / 2, 1), torch.log_softmax(s / 2, 1)
+    kl = (p_t * (p_t.log() - log_p_s)).sum(1).mean()
+    torch.testing.assert_close(train.distillation_loss(s, t, y, 0.25, 2.0), 0.75 * ce + 0.25 * 4 * kl)
 
 
 def test_random_crop_flip_is_a_crop_of_the_padded_image() -> None:
