@@ -3,16 +3,18 @@ display. Nothing here computes a bound or a radius, and nothing imports streamli
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import plotly.graph_objects as go
-import torch
 
 from certcore.paper import PAPER_SETTINGS, PERTURBED_PIXELS, paper_rows
 from certcore.radius import BoundCurves
 from certcore.sweeps import Sweep
+
+if TYPE_CHECKING:
+    import torch
 
 TOP_K_COLOUR = "#d1495b"
 OTHER_COLOUR = "#8d99ae"
@@ -131,34 +133,55 @@ def accuracy_runs_figure(summaries: Sequence[dict[str, Any]], paper: bool = True
         run = summary["run"]
         for k, acc in summary["certified_accuracy"].items():
             shown.add((run["dataset"], int(k)))
-            traces.append(go.Scatter(
-                x=summary["r"], y=acc, mode="lines+markers", hovertemplate="r = %{x}: %{y:.1%}",
-                line={"color": K_COLOURS[(int(k) - 1) % len(K_COLOURS)], "dash": RUN_DASHES[i % len(RUN_DASHES)]},
-                name=f"top-{k} · {run['model']} · n={run['n']:,} · α={summary['alpha']:g} · {run['num_images']} images",
-            ))
+            traces.append(_accuracy_trace(
+                summary["r"], acc, K_COLOURS[(int(k) - 1) % len(K_COLOURS)],
+                f"top-{k} · {run['model']} · n={run['n']:,} · α={summary['alpha']:g} · {run['num_images']} images",
+                dash=RUN_DASHES[i % len(RUN_DASHES)]))
     for dataset, k in sorted(shown) if paper else []:
         setting = PAPER_SETTINGS[dataset]
         traces += [
-            go.Scatter(x=list(PERTURBED_PIXELS), y=list(row.accuracy), mode="lines+markers",
-                       line={"dash": "dash", "color": K_COLOURS[(k - 1) % len(K_COLOURS)], "width": 1},
-                       marker={"symbol": "circle-open", "size": 9}, hovertemplate="r = %{x}: %{y:.1%}",
-                       name=f"paper Table {setting.table} · top-{k} · {setting.model} · n={setting.n:,} · "
-                            f"α={setting.alpha:g} · {setting.num_images} images")
+            _accuracy_trace(list(PERTURBED_PIXELS), row.accuracy, K_COLOURS[(k - 1) % len(K_COLOURS)],
+                            f"paper Table {setting.table} · top-{k} · {setting.model} · n={setting.n:,} · "
+                            f"α={setting.alpha:g} · {setting.num_images} images",
+                            dash="dash", width=1, marker={"symbol": "circle-open", "size": 9})
             for row in paper_rows(dataset, k=k, method="ours")
         ]
-    layout = _layout("Certified top-k accuracy", "number of perturbed pixels r", "certified top-k accuracy",
-                     height=520)
+    return go.Figure(traces, layout=_accuracy_layout("Certified top-k accuracy", "certified top-k accuracy"))
+
+
+def accuracy_curves_figure(curves: Mapping[str, Sequence[float]], title: str, y_title: str) -> go.Figure:
+    """Certified accuracy vs number of perturbed pixels r = 0, 1, ..., one line per named curve, coloured in
+    order, in the layout of ``accuracy_runs_figure`` (the paper's Figures 1-4: one line per value of k, e, n or
+    alpha)."""
+    traces = [_accuracy_trace(list(range(len(acc))), acc, K_COLOURS[i % len(K_COLOURS)], name)
+              for i, (name, acc) in enumerate(curves.items())]
+    return go.Figure(traces, layout=_accuracy_layout(title, y_title))
+
+
+def _accuracy_trace(r: Sequence[int], acc: Sequence[float], colour: str, name: str, dash: str = "solid",
+                    width: float = 2, **extra: Any) -> go.Scatter:
+    """One certified-accuracy line over r, percentages on hover."""
+    return go.Scatter(x=list(r), y=list(acc), mode="lines+markers", name=name, hovertemplate="r = %{x}: %{y:.1%}",
+                      line={"color": colour, "dash": dash, "width": width}, **extra)
+
+
+def _accuracy_layout(title: str, y_title: str) -> dict[str, Any]:
+    """The layout of certified-accuracy figures: r on x, accuracy on y from 0 to 100%."""
+    layout = _layout(title, "number of perturbed pixels r", y_title, height=520)
     layout["yaxis"].update(range=[0, 1.02], tickformat=".0%")
-    return go.Figure(traces, layout=layout)
+    return layout
 
 
 def enlarge(image: torch.Tensor | np.ndarray, min_side: int = 256) -> np.ndarray:
     """An image (C, H, W) tensor or (H, W, C) array in [0, 1] as uint8 (H', W', C), enlarged by an integer factor
     with nearest-neighbour copies until its shorter side is at least ``min_side`` (so 32x32 pixels stay crisp).
 
+    >>> import torch
     >>> enlarge(torch.zeros(3, 32, 32), 256).shape
     (256, 256, 3)
     """
+    import torch  # here, not at the top: the figures need no torch (results and their figures stay light)
+
     arr = image.permute(1, 2, 0).cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
     factor = max(1, -(-min_side // min(arr.shape[:2])))
     arr = np.repeat(np.repeat(arr, factor, axis=0), factor, axis=1)

@@ -20,7 +20,7 @@ import os
 import re
 import uuid
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -251,12 +251,27 @@ def format_accuracy_table(table: dict[int, np.ndarray], style: str = "markdown")
     k,r=0,r=1
     1,0.500,0.250
     """
-    width = len(next(iter(table.values())))
-    rows = [[f"top-{k}" if style == "markdown" else str(k), *(f"{a:.3f}" for a in acc)] for k, acc in table.items()]
-    if style == "csv":
-        return "\n".join(",".join(cells) for cells in [["k", *(f"r={r}" for r in range(width))], *rows]) + "\n"
-    if style != "markdown":
+    if style == "markdown":
+        return accuracy_rows_markdown({f"top-{k}": acc for k, acc in table.items()})
+    if style != "csv":
         raise ValueError(f"style must be 'markdown' or 'csv', got {style!r}")
-    header = ["certified accuracy \\ #perturbed pixels", *(str(r) for r in range(width))]
-    lines = [header, ["---"] * len(header), *rows]
+    width = len(next(iter(table.values())))
+    rows = [[str(k), *(f"{a:.3f}" for a in acc)] for k, acc in table.items()]
+    return "\n".join(",".join(cells) for cells in [["k", *(f"r={r}" for r in range(width))], *rows]) + "\n"
+
+
+def accuracy_rows_markdown(
+    rows: Mapping[str, Sequence[float]], corner: str = "certified accuracy \\ #perturbed pixels"
+) -> str:
+    """Named rows of certified accuracy at r = 0, 1, ... as a markdown table (three decimals), ``corner`` in the
+    top-left cell.
+
+    >>> print(accuracy_rows_markdown({"top-1": [0.5, 0.25]}, corner="k"), end="")
+    | k | 0 | 1 |
+    | --- | --- | --- |
+    | top-1 | 0.500 | 0.250 |
+    """
+    width = len(next(iter(rows.values())))
+    header = [corner, *(str(r) for r in range(width))]
+    lines = [header, ["---"] * len(header), *([name, *(f"{a:.3f}" for a in acc)] for name, acc in rows.items())]
     return "\n".join("| " + " | ".join(cells) + " |" for cells in lines) + "\n"

@@ -105,18 +105,30 @@ def write_summary(
         "csv": format_accuracy_table(table, "csv"),
         "json": json.dumps(summary, indent=2) + "\n",
     }
-    fig = accuracy_figure(summary, paper)
-    contents["html"] = fig.to_html(include_plotlyjs=True, full_html=True)
+    contents.update(figure_files(accuracy_figure(summary, paper), png))
+    return write_files(prefix, contents)
+
+
+def figure_files(fig: go.Figure, png: bool = True) -> dict[str, str | bytes]:
+    """A figure as file contents: ``html`` (plotly.js embedded, works offline) and, with ``png``, ``png``
+    (kaleido, which drives a local Chrome/Chromium; left out with a warning when none can be started)."""
+    contents: dict[str, str | bytes] = {"html": fig.to_html(include_plotlyjs=True, full_html=True)}
     if png:
         try:
             contents["png"] = fig.to_image(format="png", scale=2)
         except Exception as exc:  # kaleido fails in many ways when no Chrome/Chromium can be started
-            warnings.warn(f"PNG export skipped (kaleido needs Chrome or Chromium): {exc}", stacklevel=2)
+            warnings.warn(f"PNG export skipped (kaleido needs Chrome or Chromium): {exc}", stacklevel=3)
+    return contents
+
+
+def write_files(prefix: str | Path, contents: dict[str, str | bytes]) -> dict[str, Path]:
+    """Write each ``{suffix: data}`` atomically to ``PREFIX.suffix``; returns {suffix: path}."""
+    prefix = Path(prefix)
     written = {}
-    for ext, data in contents.items():
-        path = prefix.with_name(f"{prefix.name}.{ext}")
+    for suffix, data in contents.items():
+        path = prefix.with_name(f"{prefix.name}.{suffix}")
         atomic_write(path, data)
-        written[ext] = path
+        written[suffix] = path
     return written
 
 
