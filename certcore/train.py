@@ -401,7 +401,12 @@ def load_state(args: argparse.Namespace) -> dict[str, Any]:
     """Read the resumable state from --state, or from --state-copy when --state does not exist."""
     for p in (args.state, args.state_copy):
         if p and Path(p).is_file():
-            return torch.load(p, map_location="cpu", weights_only=True)
+            try:
+                return torch.load(p, map_location="cpu", weights_only=True)
+            except Exception as exc:  # any failure to unpickle safely means "not a training state"
+                first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise SystemExit(f"--resume: {p!r} is not a readable training state (truncated, corrupted, or "
+                                 f"unsafe pickle): {first}") from None
     raise SystemExit(f"--resume: neither {args.state!r} nor {args.state_copy!r} exists")
 
 
@@ -471,6 +476,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     np.random.seed(args.seed)
     random.seed(args.seed)
     config = run_config(args, d)
+    saved_state = load_state(args) if args.resume else None  # read and checked before the data: fails fast
+    if saved_state is not None:
+        saved = json.loads(saved_state["config"])
+        diff = {
+            k: (saved.get(k), config.get(k))
+            for k in sorted(saved.keys() | config.keys())
+            if saved.get(k) != config.get(k)
+        }
+        if diff:
+            raise SystemExit(f"--resume: options differ from the saved run (saved, now): {diff}")
 
     data = load_data(args)
     log(
@@ -499,24 +514,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     history: list[dict[str, Any]] = []
     epoch, step_in_epoch, global_step, elapsed = 0, 0, 0, 0.0
 
-    if args.resume:
-        st = load_state(args)
-        saved = json.loads(st["config"])
-        diff = {
-            k: (saved.get(k), config.get(k))
-            for k in sorted(saved.keys() | config.keys())
-            if saved.get(k) != config.get(k)
-        }
-        if diff:
-            raise SystemExit(f"--resume: options differ from the saved run (saved, now): {diff}")
-        core.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
-        rng_restore(st["rng"])
-        aug.set_state(st["generators"][d.rank][0])
-        abl.set_state(st["generators"][d.rank][1])
-        history = json.loads(st["history"])
-        pos = st["position"]
+    if saved_state is not None:
+        core.load_state_dict(saved_state["model"])
+        opt.load_state_dict(saved_state["optimizer"])
+        sched.load_state_dict(saved_state["scheduler"])
+        rng_restore(saved_state["rng"])
+        aug.set_state(saved_state["generators"][d.rank][0])
+        abl.set_state(saved_state["generators"][d.rank][1])
+        history = json.loads(saved_state["history"])
+        pos = saved_state["position"]
         epoch, step_in_epoch, global_step, elapsed = (
             pos["epoch"],
             pos["step_in_epoch"],

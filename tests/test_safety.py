@@ -1,8 +1,9 @@
 """Safety beyond tests/test_checkpoints.py: no pickle runs anywhere, files are written atomically, results record
 their provenance, and the empirical attack harness (bench/attack_check.py) does what it claims.
 
-* A malicious pickle in a checkpoint folder never runs: not through the app, the evaluate command line or the
-  attack check (``load_checkpoint``/``list_checkpoints`` themselves are covered in tests/test_checkpoints.py).
+* A malicious pickle in a checkpoint folder never runs: not through the app, the evaluate command line, the
+  trainer resuming from it as a training state or the attack check (``load_checkpoint``/``list_checkpoints``
+  themselves are covered in tests/test_checkpoints.py).
 * The code base has no unsafe deserialiser: every ``torch.load`` passes ``weights_only=True``, no ``pickle.load``,
   ``np.load(allow_pickle=True)``, joblib/dill/marshal/shelve; a ``pickle.Unpickler`` subclass must restrict
   ``find_class``. Checked on the syntax tree of every Python file of the repository.
@@ -28,7 +29,7 @@ from torch import nn
 
 import certcore
 import certcore.default_result
-from certcore import evaluate
+from certcore import evaluate, train
 from certcore.certify import certificate_from_counts
 from certcore.checkpoints import save_checkpoint
 from certcore.data import bundled_samples, class_names
@@ -94,6 +95,10 @@ def test_malicious_checkpoint_is_refused_everywhere(evil_folder: tuple[Path, Pat
     for option in ("--checkpoint", "--state"):
         with pytest.raises(Exception, match=r"unsafe pickle|Weights only load failed"):
             attack.load_model(attack.parse_args([option, str(evil)]))
+    # the trainer, with the file as the training state to resume
+    with pytest.raises(SystemExit, match=r"--resume: .* is not a readable training state .*unsafe pickle"):
+        train.main(["--resume", "--state", str(evil), "--e", "50", "--out", str(folder.parent / "ck.pt"),
+                    "--threads", "1"])
     # the app: the file is skipped, the page explains there is no checkpoint, nothing crashes
     monkeypatch.setenv("CERTCORE_CHECKPOINTS", str(folder))
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=60).run()
