@@ -32,7 +32,6 @@ from torch import nn
 from certcore.bounds import rounded_bounds, simuem_bounds
 from certcore.radius import certified_radius, levine_feizi_radius, radius_limit
 from certcore.sampling import (
-    DEFAULT_BATCH_SIZE,
     Progress,
     SamplingResult,
     check_image,
@@ -210,7 +209,7 @@ def certify(
     alpha: float,
     seed: int,
     label: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int | None = None,
     device: torch.device | str | None = None,
     num_classes: int | None = None,
     progress: Progress | None = None,

@@ -55,7 +55,7 @@ from certcore.results import (
     scan_results,
     shard_files,
 )
-from certcore.sampling import DEFAULT_BATCH_SIZE, sample_counts
+from certcore.sampling import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, sample_counts
 from certcore.sweeps import warn_if_too_few_samples
 
 IMAGENET_EVAL_SIZE = 500
@@ -249,7 +249,7 @@ def append_record(path: Path, record: Record) -> None:
 
 
 def certify_image(model: torch.nn.Module, source: ImageSource, index: int, run: Record, *, num_classes: int,
-                  batch_size: int, device: torch.device) -> Record:
+                  batch_size: int | None, device: torch.device) -> Record:
     """Sample and certify one image; returns its results record (``run`` holds the run parameters)."""
     started = time.perf_counter()
     image, label = source.get(index)
@@ -320,7 +320,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--e", "--keep", dest="e", type=int, default=None,
                    help="pixels kept per ablation (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="run seed; image i samples with image_seed(seed, i)")
-    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, help="ablated samples per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"ablated samples per forward pass (default {CPU_BATCH_SIZE} on CPU, {CUDA_BATCH_SIZE} on CUDA)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default torch's)")
     p.add_argument("--data-root", default=None, help="torchvision CIFAR-10 root or ImageNet ImageFolder root")

@@ -11,6 +11,7 @@ from certcore.evaluate import EvaluationError, open_image_source
 from certcore.figures import accuracy_runs_figure
 from certcore.interactive import ProgressReporter, evaluate_images
 from certcore.results import ResultsError, list_result_files, read_results
+from certcore.sampling import default_batch_size
 from certcore.summarize import summary_data
 from pages import _ui as ui
 
@@ -99,7 +100,8 @@ def live_run() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     try:
         evaluate_images(info.path, dataset, indices, out, n=n, alpha=alpha, ks=[1, 2, 3], seed=seed,
-                        batch_size=500, device=device, progress=reporter)
+                        batch_size=default_batch_size(device), device=device,
+                        progress=reporter)
     except EvaluationError as exc:
         st.error(f"The evaluation could not run: {exc}")
         return

@@ -17,6 +17,7 @@ from certcore.default_result import APP_DEFAULTS, DEFAULT_CHECKPOINT, DefaultRes
 from certcore.explain import MAX_SEED, LinkValues, parameter_problems, read_link
 from certcore.figures import enlarge, mosaic
 from certcore.interactive import ProgressReporter, counts_key, format_duration, sample_image
+from certcore.sampling import default_batch_size
 from pages import _ui as ui
 
 DATASETS = {"CIFAR10": "cifar10", "ImageNet": "imagenet"}  # shown (and in the URL) -> certcore's name
@@ -149,7 +150,8 @@ def parameter_form(info: CheckpointInfo | None, default: DefaultResult | None) -
                                     key="seed", help=ui.HELP["seed"]),
         }
         with st.expander("Speed: batch size and device"):
-            p["batch_size"] = st.number_input("Batch size", min_value=1, max_value=100_000, value=256, step=64,
+            p["batch_size"] = st.number_input("Batch size", min_value=1, max_value=100_000,
+                                              value=default_batch_size(ui.devices()[0]), step=50,
                                               help="Ablated samples per forward pass. Progress and Stop act once "
                                                    "per batch. On CUDA the counts depend on it (the seed's random "
                                                    "stream is laid out per batch), on a CPU they do not.")

@@ -8,7 +8,14 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from certcore.sampling import SamplingCancelled, num_classes_of, sample_counts
+from certcore.sampling import (
+    CPU_BATCH_SIZE,
+    CUDA_BATCH_SIZE,
+    SamplingCancelled,
+    default_batch_size,
+    num_classes_of,
+    sample_counts,
+)
 from tests.tiny_models import (
     ConstantClassifier,
     KeptInFirstRowClassifier,
@@ -43,6 +50,12 @@ def test_same_seed_same_counts_other_seed_other_counts() -> None:
     other = sample_counts(row_model(), IMAGE, E, 2000, seed=6, batch_size=300)
     assert np.array_equal(first.counts, again.counts)
     assert not np.array_equal(first.counts, other.counts)
+
+
+def test_default_batch_size_is_small_on_cpu_and_large_on_cuda() -> None:
+    result = sample_counts(row_model(), IMAGE, E, 250, seed=7)
+    assert result.batch_size == CPU_BATCH_SIZE == default_batch_size("cpu") < default_batch_size("cuda:0")
+    assert default_batch_size(torch.device("cuda", 1)) == CUDA_BATCH_SIZE
 
 
 def test_counts_do_not_depend_on_batch_size_on_cpu() -> None:
