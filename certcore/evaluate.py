@@ -321,7 +321,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="pixels kept per ablation (default: the checkpoint's)")
     p.add_argument("--seed", type=int, default=0, help="run seed; image i samples with image_seed(seed, i)")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"ablated samples per forward pass (default {CPU_BATCH_SIZE} on CPU, {CUDA_BATCH_SIZE} on CUDA)")
+                   help=f"ablated samples per forward pass (default {CPU_BATCH_SIZE} on CPU, "
+                        f"{CUDA_BATCH_SIZE} on CUDA)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default torch's)")
     p.add_argument("--data-root", default=None, help="torchvision CIFAR-10 root or ImageNet ImageFolder root")

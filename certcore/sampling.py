@@ -232,8 +232,9 @@ def sample_counts(
     ``model`` maps the 2C-channel encoding (B, 2C, H, W) to logits (B, c) and must be in eval mode: the
     theory needs a deterministic base classifier (a BatchNorm in training mode makes a sample's label depend
     on its batch). ``image`` is (C, H, W) in [0, 1]; d = H * W. ``device`` defaults to the model's;
-    ``num_classes`` (c) is read from the model when not given; ``batch_size`` defaults to ``default_batch_size``. Runs under ``torch.inference_mode``, on CUDA
-    also under bf16/fp16 autocast (that path is untested: no GPU was available when it was written).
+    ``num_classes`` (c) is read from the model when not given; ``batch_size`` defaults to
+    ``default_batch_size``. Runs under ``torch.inference_mode``, on CUDA also under bf16/fp16 autocast (that
+    path is untested: no GPU was available when it was written).
     Encodings are fed channels_last, measured faster on CPU (bench/RESULTS.md), so the model must not
     ``view`` its raw input (``reshape`` is fine); on a GPU, converting the model once with
     ``model.to(memory_format=torch.channels_last)`` saves a weight conversion per batch. Threads: the caller's
