@@ -11,6 +11,8 @@ Record keys: ``RUN_KEYS`` (identical on every line of a file) and ``index`` (pos
 image, derived from ``seed`` and ``index``), ``radii`` (``{str(k): certified radius of the true label in the
 top-k}``; -1 = not certified, d = trivially in the top-k), ``top_k`` (the max(k) labels with the largest
 counts), ``elapsed_s``, ``device``, ``batch_size``, ``torch_version``, ``certcore_version``, ``data_file``.
+Optional: ``inference`` (``"eager"`` or ``"compiled"``: which form of the model sampled, ``certcore.compiled``;
+absent in files written before it was recorded, which were all eager).
 """
 
 from __future__ import annotations

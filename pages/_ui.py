@@ -20,6 +20,7 @@ from torch import nn
 
 from certcore.certify import Certificate
 from certcore.checkpoints import CheckpointInfo, CheckpointWarning, list_checkpoints, load_checkpoint
+from certcore.compiled import compile_for_cpu
 from certcore.data import Sample, bundled_samples
 from certcore.default_result import DefaultResult, checkpoint_dir, load_default
 from certcore.explain import bound_rows, certificate_json, counts_csv, curve_range, curves_for, radius_rows, reading
@@ -116,10 +117,16 @@ def _checkpoint_scan() -> tuple[list[CheckpointInfo], list[str]]:
     return _checkpoints(str(directory), stamp)
 
 
-@st.cache_resource(show_spinner="Loading the base classifier ...", max_entries=4)
-def model(path: str, weights_sha256: str, device: str) -> nn.Module:
-    """A checkpoint's model on ``device``, loaded once per process (the hash makes a replaced file reload)."""
-    return load_checkpoint(path, device=device)[0]
+@st.cache_resource(show_spinner="Loading the base classifier (on a CPU also compiling it, once per server) ...",
+                   max_entries=4)
+def model(path: str, weights_sha256: str, device: str, image_shape: tuple[int, int, int]) -> nn.Module:
+    """A checkpoint's model on ``device``, loaded once per process (the hash makes a replaced file reload); on the
+    CPU compiled for images of ``image_shape`` (C, H, W), which samples faster (``certcore.compiled``)."""
+    net = load_checkpoint(path, device=device)[0]
+    if torch.device(device).type != "cpu":
+        return net
+    channels, height, width = image_shape
+    return compile_for_cpu(net, (2 * channels, height, width))
 
 
 @st.cache_resource(show_spinner=False)

@@ -170,12 +170,12 @@ def sample_with_progress(info: CheckpointInfo, selection: Selection, p: dict[str
     """Sample with a live progress bar and a Stop button. A click during the run (Stop or any other widget)
     makes Streamlit interrupt the script at the next progress update: the reporter turns that into a clean
     cancel, the partial counts are stored for display, and only then is the interruption passed on."""
-    bar = st.progress(0.0, text="Loading the base classifier ...")
+    bar = st.progress(0.0, text="Loading the base classifier (the first time on a CPU: also compiling it) ...")
     stop = st.empty()
     stop.button("Stop", on_click=_request_stop, icon=":material/stop_circle:",
                 help="Ends sampling after the current batch; the samples drawn so far are certified.")
     st.session_state[STOPPED] = False
-    net = ui.model(str(info.path), info.metadata["weights_sha256"], p["device"])
+    net = ui.model(str(info.path), info.metadata["weights_sha256"], p["device"], tuple(selection.image.shape))
     reporter = ProgressReporter(lambda fraction, text: bar.progress(fraction, text=text))
     sampled = sample_image(net, selection.image, e=p["e"], n=p["n"], seed=p["seed"], label=selection.label,
                            batch_size=p["batch_size"], device=p["device"],

@@ -132,6 +132,17 @@ def test_resume_after_crash_mid_write(world: dict[str, Path], reference: Path, m
     assert out.read_bytes().count(b"\n") == 4
 
 
+def test_compiled_run_gives_the_same_counts(world: dict[str, Path], reference: Path) -> None:
+    out = world["root"] / "compiled.jsonl"
+    main(cli_args(world, out, "--compile"))
+    records = read_results(out)
+    assert {r["inference"] for r in records} == {"compiled"} and {r["inference"] for r in read_results(reference)} == {
+        "eager"}
+    strip = ("inference", *VOLATILE_KEYS)
+    assert [{k: v for k, v in r.items() if k not in strip} for r in records] == [
+        {k: v for k, v in r.items() if k not in strip} for r in read_results(reference)]
+
+
 def test_rerun_skips_done_images(world: dict[str, Path], reference: Path, monkeypatch) -> None:
     out = world["root"] / "again.jsonl"
     out.write_bytes(reference.read_bytes())
