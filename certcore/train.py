@@ -37,7 +37,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from certcore.ablation import ablate
-from certcore.checkpoints import atomic_torch_save, save_checkpoint
+from certcore.checkpoints import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
 from certcore.data import (
     ImageSet,
     cifar10_offline,
@@ -86,7 +86,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", choices=(*CLEAN_INITS, "none"), default="none")
+    p.add_argument(
+        "--init",
+        default="none",
+        help="clean-resnet20 / clean-resnet56 (clean weights from the shared data), a certcore checkpoint PATH.pt "
+        "of the same dataset and arch (fine-tune it, e.g. at another --e), or none",
+    )
     p.add_argument(
         "--distill", choices=(*CLEAN_INITS, "none"), default="none", help="clean CIFAR-10 teacher to distill from"
     )
@@ -140,6 +145,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             f"--distill-weight must be in [0, 1] and --distill-temperature > 0, "
             f"got {args.distill_weight} and {args.distill_temperature}"
         )
+    if args.init not in (*CLEAN_INITS, "none") and not args.init.endswith(".pt"):
+        p.error(f"--init must be one of {', '.join(CLEAN_INITS)}, none or a checkpoint PATH.pt; got {args.init!r}")
     if args.distill != "none" and args.dataset != "cifar10":
         p.error(f"--distill {args.distill} is a CIFAR-10 teacher; it needs --dataset cifar10")
     return args
@@ -416,13 +423,30 @@ def load_state(args: argparse.Namespace) -> dict[str, Any]:
 def build(args: argparse.Namespace, num_classes: int, d: Dist) -> nn.Module:
     """The model, initialised as requested, on the device (channels_last)."""
     model = build_model(args.arch, num_classes)
-    if args.init != "none":
+    if args.init.endswith(".pt"):
+        init_from_checkpoint(model, args)
+    elif args.init != "none":
         arch, file = CLEAN_INITS[args.init]
         if arch != args.arch:
             raise SystemExit(f"--init {args.init} needs --arch {arch}, got {args.arch}")
         shared = Path(args.shared_data) if args.shared_data else shared_data_dir()
         init_from_clean_cifar(model, shared / "checkpoints" / file)
     return model.to(d.device, memory_format=torch.channels_last)
+
+
+def init_from_checkpoint(model: nn.Module, args: argparse.Namespace) -> None:
+    """Copy the weights of the certcore checkpoint ``--init PATH.pt`` (same dataset, arch and classes) into ``model``;
+    its e may differ: that is how a model for another e is fine-tuned from an existing one."""
+    try:
+        source, meta = load_checkpoint(args.init, dataset=args.dataset)
+    except CheckpointError as exc:
+        raise SystemExit(f"--init: {exc}") from None
+    if meta["arch"] != args.arch:
+        raise SystemExit(f"--init {args.init} holds a {meta['arch']}, but --arch is {args.arch}")
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as exc:
+        raise SystemExit(f"--init {args.init} does not fit this model: {str(exc).splitlines()[0]}") from None
 
 
 def build_teacher(args: argparse.Namespace, d: Dist) -> nn.Module | None:

@@ -190,3 +190,22 @@ def test_snapshot_exports_an_unfinished_run_marked_as_such(cifar_root: Path, tmp
         train.main([*args, "--snapshot"])
     finished = train.main([*args, "--resume"])
     assert finished["training"]["status"] == "finished" and len(finished["history"]) == 2
+
+
+def test_init_from_a_checkpoint_fine_tunes_it_at_another_e(cifar_root: Path, tmp_path: Path) -> None:
+    train.main(tiny_args(cifar_root, tmp_path / "e40", "--epochs", "1"))
+    source = tmp_path / "e40" / "ck.pt"
+    cpu = train.Dist(0, 1, torch.device("cpu"))
+    args = train.parse_args(tiny_args(cifar_root, tmp_path / "e20", "--e", "20", "--init", str(source)))
+    start = train.build(args, 10, cpu).state_dict()
+    saved = weights(source)
+    assert start.keys() == saved.keys() and all(torch.equal(start[k], saved[k]) for k in saved)
+    meta = train.main(tiny_args(cifar_root, tmp_path / "e20", "--e", "20", "--epochs", "1", "--init", str(source)))
+    assert meta["e"] == 20 and meta["training"]["init"] == str(source)
+    with pytest.raises(SystemExit, match="holds a resnet20, but --arch is resnet56"):
+        train.build(train.parse_args(tiny_args(cifar_root, tmp_path, "--arch", "resnet56", "--init", str(source))),
+                    10, cpu)
+    with pytest.raises(SystemExit, match="--init: checkpoint .* does not exist"):
+        train.build(train.parse_args(tiny_args(cifar_root, tmp_path, "--init", str(tmp_path / "none.pt"))), 10, cpu)
+    with pytest.raises(SystemExit):
+        train.parse_args(tiny_args(cifar_root, tmp_path, "--init", "imagenet-weights"))
