@@ -1,5 +1,5 @@
-"""The paper's Figures 1, 3 and 4 from a results file's stored counts, no model needed:
-``python -m certcore.paper_figures results/NAME.jsonl [--out PREFIX] [--r-max 10]``.
+"""The paper's Figures 1-4 from results files' stored counts, no model needed:
+``python -m certcore.paper_figures results/NAME.jsonl [--e-runs OTHER_E.jsonl ...] [--out PREFIX] [--r-max 10]``.
 
 Each figure is certified accuracy against the number of perturbed pixels r = 0..r_max, one line per value of
 one parameter, the others held at the run's values (the paper's defaults are k = 3, n = 100,000, alpha = 0.001):
@@ -12,9 +12,12 @@ one parameter, the others held at the run's values (the paper's defaults are k =
   re-certified from the same counts. Each curve is a valid certificate at its own alpha; picking the alpha after
   seeing the curves is not covered by any of them.
 
-Figure 2 (impact of e) is not made here: the counts depend on e through the base classifier, which has to be
-trained with each e (the paper trains one model per e), so stored counts at one e say nothing about another.
-``certcore.sweeps.radius_vs_e`` shows only the certificate's side of e, for one image.
+* Figure 2, impact of e: certified top-3 accuracy for each e, one results file per e (``--e-runs``). The counts
+  depend on e through the base classifier, which has to be trained with each e (the paper trains one model per
+  e), so stored counts at one e say nothing about another: each e needs its own model and its own run. The runs
+  must cover the same images at the same alpha; a run with more samples than the smallest n among them is
+  subsampled to it (as for Figure 3), so every curve has the same n. ``certcore.sweeps.radius_vs_e`` shows only
+  the certificate's side of e, for one image.
 
 **Why subsampling the counts is exact.** For one image, the evaluation draws its n ablations i.i.d. (each keeps
 e of the d pixels uniformly at random) and the base classifier is deterministic, so the n sampled labels
@@ -142,6 +145,40 @@ def impact_of_alpha(records: Sequence[Record], alphas: Sequence[float], k: int =
         run_caption(records), "each α re-certified from the same counts", f"certified top-{k} accuracy")
 
 
+def impact_of_e(runs: Sequence[Sequence[Record]], k: int = PAPER_K, r_max: int = 10, seed: int = 0) -> ImpactFigure:
+    """Figure 2: certified top-k accuracy of each run (one per e, each its own base classifier), all at the
+    smallest n among them (larger runs subsampled, ``subsampled_records``); the runs must hold the same images,
+    alpha and dataset, and differ in e."""
+    if len(runs) < 2:
+        raise ValueError(f"Figure 2 needs results at 2 or more values of e, got {len(runs)} run(s)")
+    firsts = [_first(records) for records in runs]
+    for key in ("dataset", "alpha"):
+        if len({f[key] for f in firsts}) > 1:
+            raise ValueError(f"Figure 2's runs must share {key}, got {sorted({str(f[key]) for f in firsts})}")
+    images = [sorted(r["index"] for r in records) for records in runs]
+    if any(i != images[0] for i in images):
+        raise ValueError("Figure 2's runs must hold the same images (their indices differ)")
+    es = [int(f["e"]) for f in firsts]
+    if len(set(es)) < len(es):
+        raise ValueError(f"Figure 2's runs must each have their own e, got e = {es}")
+    for records in runs:
+        _check_k(k, records)
+    n = min(int(f["n"]) for f in firsts)
+    order = sorted(range(len(runs)), key=lambda i: es[i])
+    subsampled = [i for i in order if firsts[i]["n"] > n]
+    models = ", ".join(f"e = {es[i]}: {firsts[i]['checkpoint']}" for i in order)
+    return ImpactFigure(
+        2, "e", tuple(es[i] for i in order), tuple(f"e = {es[i]}" for i in order),
+        tuple(certified_accuracy(subsampled_records(runs[i], n, seed), k, r_max=r_max) for i in order),
+        f"Impact of e on certified top-{k} accuracy (paper Figure 2)",
+        f"{firsts[0]['dataset']}, n = {n:,} samples per image, {len(images[0])} images, "
+        f"α = {firsts[0]['alpha']:g}; one base classifier per e ({models})",
+        "the runs at " + ", ".join(f"e = {es[i]} (n = {firsts[i]['n']:,})" for i in subsampled)
+        + f" subsampled to n = {n:,} (multivariate hypergeometric, seed {seed})" if subsampled
+        else "every run at its stored counts",
+        f"certified top-{k} accuracy")
+
+
 def default_ns(n: int) -> list[int]:
     """Figure 3's n': the powers of ten from 100 below the stored ``n``, then ``n`` itself.
 
@@ -213,13 +250,19 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
                    help="Figure 3's n' values, each <= the stored n (default: 100, 1,000, ... below it, and it)")
     p.add_argument("--alphas", type=float, nargs="+", default=None,
                    help="Figure 4's alpha values in (0, 1) (default 0.1 0.01 0.001 0.0001 and the run's)")
-    p.add_argument("--k", type=int, default=None, help="k of Figures 3 and 4 (default 3)")
+    p.add_argument("--e-runs", nargs="+", default=(), metavar="RESULTS",
+                   help="results files at other values of e (same images and alpha): adds Figure 2")
+    p.add_argument("--k", type=int, default=None, help="k of Figures 2, 3 and 4 (default 3)")
     p.add_argument("--seed", type=int, default=0, help="seed of the subsampling for Figure 3 (default 0)")
     p.add_argument("--no-png", action="store_true", help="skip the PNG export (needs Chrome/Chromium)")
     args = p.parse_args(argv)
     try:
         records = read_results(args.results)
         figures = paper_figures(records, args.ks, args.ns, args.alphas, args.k, args.r_max, args.seed)
+        if args.e_runs:
+            runs = [records, *(read_results(path) for path in args.e_runs)]
+            k = min(PAPER_K, len(records[0]["counts"]) - 1) if args.k is None else args.k
+            figures.insert(1, impact_of_e(runs, k, args.r_max, args.seed))
         written = write_paper_figures(figures, args.out or Path(args.results).with_suffix(""), not args.no_png)
     except ValueError as exc:  # ResultsError included: every bad input names its parameter and range
         raise SystemExit(f"error: {exc}") from None

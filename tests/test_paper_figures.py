@@ -1,4 +1,4 @@
-"""The paper's Figures 1, 3 and 4 from stored counts (``certcore.paper_figures``): subsampling the counts is exactly
+"""The paper's Figures 1-4 from stored counts (``certcore.paper_figures``): subsampling the counts is exactly
 a run with fewer samples (proved in exact arithmetic), the sampler draws the hypergeometric, the tables agree with
 radii computed directly, monotonicity in k and alpha, the command line, and bad inputs."""
 
@@ -19,6 +19,7 @@ from scipy.stats import chisquare
 import certcore.paper_figures
 from certcore.paper_figures import (
     impact_of_alpha,
+    impact_of_e,
     impact_of_k,
     impact_of_n,
     main,
@@ -145,6 +146,41 @@ def test_n_curves(records: list[dict]) -> None:
     assert small == subsampled_records(records, 50, seed=5) and small != subsampled_records(records, 50, seed=6)
     assert small[0]["counts"] == [0, 0, 50, 0] and all(sum(r["counts"]) == 50 == r["n"] for r in small)
     assert impact_of_n(records, [50], 3, R_MAX, seed=5).of(50).tolist() == by_n.of(50).tolist()
+
+
+def run_at_e(records: list[dict], e: int, n: int, path: Path) -> list[dict]:
+    """The same images as ``records`` certified by another (made-up) base classifier at ``e`` with ``n`` samples."""
+    rng = np.random.default_rng(e)
+    made = []
+    for r in records:
+        counts = rng.multinomial(n, rng.dirichlet(np.full(4, 0.4))).tolist()
+        radii = {str(k): certify_counts(counts, r["label"], D, e, k, ALPHA) for k in (1, 3)}
+        made.append(make_record(r["index"], r["label"], counts, radii, e=e, checkpoint=f"model_e{e}"))
+    return read_results(write_records(path, made))
+
+
+def test_e_curves(records: list[dict], tmp_path: Path) -> None:
+    e25 = run_at_e(records, 25, 500, tmp_path / "e25.jsonl")
+    by_e = impact_of_e([records, e25], 3, R_MAX, seed=5)
+    assert by_e.values == (25, 50) and by_e.row_names == ("e = 25", "e = 50") and by_e.number == 2
+    assert by_e.of(25).tolist() == accuracy_from_radii(
+        [certify_counts(r["counts"], r["label"], D, 25, 3, ALPHA) for r in e25])
+    smaller = subsampled_records(records, 500, seed=5)  # the e = 50 run brought down to the common n = 500
+    assert by_e.of(50).tolist() == accuracy_from_radii(
+        [certify_counts(r["counts"], r["label"], D, E, 3, ALPHA) for r in smaller])
+    assert "n = 500 samples per image, 40 images" in by_e.caption and "e = 25: model_e25" in by_e.caption
+    assert by_e.note == "the runs at e = 50 (n = 1,000) subsampled to n = 500 (multivariate hypergeometric, seed 5)"
+    with pytest.raises(ValueError, match="2 or more values of e, got 1"):
+        impact_of_e([records])
+    with pytest.raises(ValueError, match="each have their own e, got e = \\[50, 50\\]"):
+        impact_of_e([records, records])
+    with pytest.raises(ValueError, match="must share alpha"):
+        impact_of_e([records, [{**r, "alpha": 0.01} for r in e25]])
+    with pytest.raises(ValueError, match="same images"):
+        impact_of_e([records, e25[1:]])
+    written = main([str(tmp_path / "run.jsonl"), "--e-runs", str(tmp_path / "e25.jsonl"), "--r-max", "4", "--no-png"])
+    assert "paper_figure2_e.html" in written
+    assert "Impact of e on certified top-3 accuracy (paper Figure 2)" in written["paper_figures.md"].read_text()
 
 
 def test_paper_defaults_fit_the_number_of_classes(records: list[dict]) -> None:
