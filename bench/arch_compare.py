@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from certcore import train  # noqa: E402
 from certcore.checkpoints import load_checkpoint  # noqa: E402
 from certcore.data import ImageSet, cifar10_offline, shared_data_dir  # noqa: E402
-from certcore.sampling import describe_device, sample_counts  # noqa: E402
+from certcore.sampling import default_batch_size, describe_device, sample_counts  # noqa: E402
 
 CLEAN20 = ("--arch", "resnet20", "--init", "clean-resnet20")
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -89,8 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bn-batches", type=int, default=100)
     p.add_argument("--eval-repeats", type=int, default=10, help="ablations per held-out image")
     p.add_argument("--heldout-images", type=int, default=500, help="how many of test images 1, 3, ..., 999")
-    p.add_argument("--rounds", type=int, default=5, help="inference timing rounds (one batch per candidate each)")
-    p.add_argument("--batch", type=int, default=1000, help="inference batch (samples per sample_counts call)")
+    p.add_argument("--rounds", type=int, default=5, help="inference timing rounds (one call per candidate each)")
+    p.add_argument("--batch", type=int, default=1000, help="samples per timed sample_counts call (CPU default batch)")
     p.add_argument("--threads", type=int, default=0, help="torch threads for training and timing (0 = default)")
     p.add_argument("--shared-data", type=Path, default=None, help="offline data folder (default: shared_data_dir())")
     p.add_argument("--work-dir", type=Path, default=REPO / "runs" / "arch_compare")
@@ -148,7 +148,7 @@ def time_inference(models: dict[str, torch.nn.Module], image: torch.Tensor, args
 
     def seconds(model: torch.nn.Module) -> float:
         start = time.perf_counter()
-        sample_counts(model, image, args.e, args.batch, seed=0, batch_size=args.batch, num_classes=10)
+        sample_counts(model, image, args.e, args.batch, seed=0, num_classes=10)
         return time.perf_counter() - start
 
     names = list(models)
@@ -223,7 +223,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "test_odd": f"test images 1, 3, ... ({args.heldout_images} images), exact and JPEG q75, "
             f"{args.eval_repeats} ablations each",
         },
-        "inference": {"batch": args.batch, "rounds": args.rounds, "path": "certcore.sampling.sample_counts"},
+        "inference": {
+            "samples": args.batch,
+            "batch_size": default_batch_size(CPU),
+            "rounds": args.rounds,
+            "path": "certcore.sampling.sample_counts",
+        },
         "candidates": rows,
     }
     write_reports(record, args.out_dir / ("arch_compare_smoke" if args.smoke else "arch_compare"))
@@ -245,7 +250,8 @@ def write_reports(record: dict[str, Any], stem: Path) -> None:
         "",
         f"Budget per candidate: {b['epochs']} epochs = {b['images_seen']:,} training images seen "
         f"({b['train_images']:,} images of {b['train_data']}), batch {b['batch_size']}, peak lr {b['lr']}, seed 0. "
-        f"Inference: `sample_counts`, batch {inf['batch']}, median of {inf['rounds']} interleaved rounds.",
+        f"Inference: `sample_counts`, {inf['samples']:,} samples per call at batch {inf['batch_size']}, "
+        f"median of {inf['rounds']} interleaved rounds.",
         "",
         "| candidate | trainer options | inference samples/s | val acc | test-odd exact | test-odd JPEG | "
         "JPEG - exact | training time | train images/s |",
