@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,7 +73,8 @@ def checkpoint_picker(dataset: str) -> CheckpointInfo | None:
         st.caption("Any certcore checkpoint file (`*.pt`) in that folder works; set `CERTCORE_CHECKPOINTS` to use "
                    "another folder. Without a model, the What-if page certifies label counts at any size.")
         return None
-    name = st.selectbox("Checkpoint (base classifier)", list(infos), key="checkpoint",
+    names = sorted(infos, key=lambda n: n != Path(DEFAULT_CHECKPOINT).stem)  # the default first, the rest by name
+    name = st.selectbox("Checkpoint (base classifier)", names, key="checkpoint",
                         help="A base classifier trained on ablated images (certcore.train); its metadata below.")
     meta = infos[name].metadata
     acc = meta.get("accuracies", {}).get("eval500_ablated")

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 import certcore.interactive
+from certcore.checkpoints import save_checkpoint
+from certcore.data import class_names
 from certcore.default_result import load_default
+from certcore.models import build_model
 from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -103,3 +109,17 @@ def test_an_e_other_than_the_trained_one_is_flagged(sampling_calls):
     assert not at.exception and not at.error
     assert any("trained with e = 50. Certifying with e = 100 is valid" in w.value for w in at.warning)
     assert sampling_calls == [100]
+
+
+def test_the_default_checkpoint_is_preselected_whatever_the_other_names(sampling_calls):
+    folder = Path(os.environ["CERTCORE_CHECKPOINTS"])
+    meta = {"dataset": "cifar10", "arch": "resnet20", "e": 100, "num_classes": 10,
+            "class_names": class_names("cifar10"), "encoding": "levine-feizi-2c", "in_channels": 6,
+            "device": "test fixture (untrained)"}
+    save_checkpoint(folder / "cifar10_resnet20_e100_ft.pt", build_model("resnet20", 10).eval(), meta)  # sorts first
+    at = open_page()
+    assert_clean(at)
+    picker = at.selectbox(key="checkpoint")
+    assert picker.value == "cifar10_resnet20_e50" and set(picker.options) == {"cifar10_resnet20_e50",
+                                                                              "cifar10_resnet20_e100_ft"}
+    assert "stored result" in texts(at) and sampling_calls == []
