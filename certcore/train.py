@@ -447,6 +447,7 @@ def init_from_checkpoint(model: nn.Module, args: argparse.Namespace) -> None:
         model.load_state_dict(source.state_dict())
     except RuntimeError as exc:
         raise SystemExit(f"--init {args.init} does not fit this model: {str(exc).splitlines()[0]}") from None
+    args.init_weights_sha256 = meta["weights_sha256"]  # recorded in the new checkpoint's metadata
 
 
 def build_teacher(args: argparse.Namespace, d: Dist) -> nn.Module | None:
@@ -691,7 +692,9 @@ def metadata(
             "lr_schedule": "cosine per step to 0, no warmup" if args.lr_schedule == "cosine" else "constant",
             "weight_decay": args.weight_decay,
             "seed": args.seed,
-            "init": args.init,
+            "init": (
+                f"{args.init} (weights sha256 {args.init_weights_sha256})" if args.init.endswith(".pt") else args.init
+            ),
             "distillation": (
                 "none"
                 if args.distill == "none"

@@ -201,7 +201,8 @@ def test_init_from_a_checkpoint_fine_tunes_it_at_another_e(cifar_root: Path, tmp
     saved = weights(source)
     assert start.keys() == saved.keys() and all(torch.equal(start[k], saved[k]) for k in saved)
     meta = train.main(tiny_args(cifar_root, tmp_path / "e20", "--e", "20", "--epochs", "1", "--init", str(source)))
-    assert meta["e"] == 20 and meta["training"]["init"] == str(source)
+    source_sha = json.loads(torch.load(source, weights_only=True)["metadata"])["weights_sha256"]
+    assert meta["e"] == 20 and meta["training"]["init"] == f"{source} (weights sha256 {source_sha})"
     with pytest.raises(SystemExit, match="holds a resnet20, but --arch is resnet56"):
         train.build(train.parse_args(tiny_args(cifar_root, tmp_path, "--arch", "resnet56", "--init", str(source))),
                     10, cpu)
