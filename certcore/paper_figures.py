@@ -166,13 +166,12 @@ def impact_of_e(runs: Sequence[Sequence[Record]], k: int = PAPER_K, r_max: int =
     n = min(int(f["n"]) for f in firsts)
     order = sorted(range(len(runs)), key=lambda i: es[i])
     subsampled = [i for i in order if firsts[i]["n"] > n]
-    models = ", ".join(f"e = {es[i]}: {firsts[i]['checkpoint']}" for i in order)
     return ImpactFigure(
-        2, "e", tuple(es[i] for i in order), tuple(f"e = {es[i]}" for i in order),
+        2, "e", tuple(es[i] for i in order), tuple(f"e = {es[i]} ({firsts[i]['checkpoint']})" for i in order),
         tuple(certified_accuracy(subsampled_records(runs[i], n, seed), k, r_max=r_max) for i in order),
         f"Impact of e on certified top-{k} accuracy (paper Figure 2)",
         f"{firsts[0]['dataset']}, n = {n:,} samples per image, {len(images[0])} images, "
-        f"α = {firsts[0]['alpha']:g}; one base classifier per e ({models})",
+        f"α = {firsts[0]['alpha']:g}; one base classifier per e",
         "the runs at " + ", ".join(f"e = {es[i]} (n = {firsts[i]['n']:,})" for i in subsampled)
         + f" subsampled to n = {n:,} (multivariate hypergeometric, seed {seed})" if subsampled
         else "every run at its stored counts",

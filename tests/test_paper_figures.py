@@ -162,13 +162,14 @@ def run_at_e(records: list[dict], e: int, n: int, path: Path) -> list[dict]:
 def test_e_curves(records: list[dict], tmp_path: Path) -> None:
     e25 = run_at_e(records, 25, 500, tmp_path / "e25.jsonl")
     by_e = impact_of_e([records, e25], 3, R_MAX, seed=5)
-    assert by_e.values == (25, 50) and by_e.row_names == ("e = 25", "e = 50") and by_e.number == 2
+    assert by_e.values == (25, 50) and by_e.number == 2
+    assert by_e.row_names == ("e = 25 (model_e25)", "e = 50 (handmade)")
     assert by_e.of(25).tolist() == accuracy_from_radii(
         [certify_counts(r["counts"], r["label"], D, 25, 3, ALPHA) for r in e25])
     smaller = subsampled_records(records, 500, seed=5)  # the e = 50 run brought down to the common n = 500
     assert by_e.of(50).tolist() == accuracy_from_radii(
         [certify_counts(r["counts"], r["label"], D, E, 3, ALPHA) for r in smaller])
-    assert "n = 500 samples per image, 40 images" in by_e.caption and "e = 25: model_e25" in by_e.caption
+    assert by_e.caption == "cifar10, n = 500 samples per image, 40 images, α = 0.001; one base classifier per e"
     assert by_e.note == "the runs at e = 50 (n = 1,000) subsampled to n = 500 (multivariate hypergeometric, seed 5)"
     with pytest.raises(ValueError, match="2 or more values of e, got 1"):
         impact_of_e([records])
