@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from certcore.checkpoints import load_checkpoint  # noqa: E402
 from certcore.compiled import compile_for_cpu  # noqa: E402
 from certcore.data import bundled_samples  # noqa: E402
+from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
 from certcore.sampling import CPU_BATCH_SIZE, describe_device, sample_counts  # noqa: E402
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cifar10_resnet20_e50.pt"
+CHECKPOINT = checkpoint_dir() / DEFAULT_CHECKPOINT
 
 
 def main() -> None:
@@ -38,8 +39,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     eager, meta = load_checkpoint(CHECKPOINT)
     images = [s.image for s in bundled_samples("cifar10")[: args.images]]
-    c, h, w = images[0].shape
-    compiled = compile_for_cpu(eager, (2 * c, h, w))
+    compiled = compile_for_cpu(eager, tuple(images[0].shape))
     variants = {"eager": eager, "compiled": compiled}
     for model in variants.values():  # warm-up: oneDNN primitives
         sample_counts(model, images[0], meta["e"], 2 * CPU_BATCH_SIZE, seed=0, num_classes=10)

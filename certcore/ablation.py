@@ -32,6 +32,12 @@ def draw_keep_masks(
     return mask.view(batch, height, width)
 
 
+def encoded_shape(image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Shape (2C, H, W) of the encoding of an image of shape (C, H, W): what the base classifier takes."""
+    channels, height, width = image_shape
+    return 2 * channels, height, width
+
+
 def encode_ablated(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Encode images (B, C, H, W) in [0, 1] under keep masks (B, H, W) as (B, 2C, H, W), see the module docstring."""
     m = keep.unsqueeze(1).to(images.dtype)

@@ -22,6 +22,7 @@ import warnings
 import torch
 from torch import nn
 
+from certcore.ablation import encoded_shape
 from certcore.sampling import CPU_BATCH_SIZE
 from certcore.validation import check_int
 
@@ -67,18 +68,19 @@ class CompiledClassifier(nn.Module):
 
 
 def compile_for_cpu(
-    model: nn.Module, input_shape: tuple[int, int, int], batch_size: int = CPU_BATCH_SIZE
+    model: nn.Module, image_shape: tuple[int, int, int], batch_size: int = CPU_BATCH_SIZE
 ) -> nn.Module:
-    """``model`` (eval mode, on the CPU) compiled for certification on inputs of ``input_shape`` (the ablation
-    encoding's (2C, H, W), e.g. (6, 32, 32) for CIFAR-10), in batches of ``batch_size`` (sampling's CPU default).
+    """``model`` (eval mode, on the CPU) compiled for certifying images of ``image_shape`` (C, H, W), e.g.
+    (3, 32, 32) for CIFAR-10: for their ablation encodings, in batches of ``batch_size`` (sampling's CPU default).
 
     Compiles now (seconds to tens of seconds; Inductor keeps a disk cache, so later processes are faster) and
     returns a ``CompiledClassifier``; ``.compile_seconds`` says how long it took. Where compiling is not possible
     (no C++ compiler, unsupported platform) it warns with ``CompileWarning`` and returns ``model`` unchanged.
     """
     batch_size = check_int(batch_size, "batch_size", 1)
-    if len(input_shape) != 3 or min(input_shape) < 1:
-        raise ValueError(f"input_shape must be (channels, height, width), all >= 1, got {tuple(input_shape)}")
+    if len(image_shape) != 3 or min(image_shape) < 1:
+        raise ValueError(f"image_shape must be (channels, height, width), all >= 1, got {tuple(image_shape)}")
+    input_shape = encoded_shape(image_shape)
     if model.training:
         raise ValueError("model must be in eval mode (model.eval()) before compiling it for inference")
     devices = {p.device.type for p in model.parameters()}

@@ -385,8 +385,7 @@ def evaluate(args: argparse.Namespace, ranks: Ranks) -> list[Record] | None:
     indices = select_indices(source, args.num_images, args.indices)
     first_image, _ = source.get(indices[0])
     if args.compile and device.type == "cpu":
-        channels, height, width = first_image.shape
-        model = compile_for_cpu(model, (2 * channels, height, width), args.batch_size or CPU_BATCH_SIZE)
+        model = compile_for_cpu(model, tuple(first_image.shape), args.batch_size or CPU_BATCH_SIZE)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     run: Record = {

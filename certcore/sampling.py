@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from certcore.ablation import draw_keep_masks, encode_ablated
+from certcore.ablation import draw_keep_masks, encode_ablated, encoded_shape
 from certcore.validation import check_d_e, check_int
 
 # Samples per forward pass when the caller gives none. On a CPU the counts do not depend on it and small batches
@@ -162,7 +162,7 @@ def num_classes_of(model: nn.Module, image: torch.Tensor, device: torch.device |
     c, h, w = check_image(image).shape
     try:
         with torch.inference_mode():
-            logits = _logits(model, torch.zeros(1, 2 * c, h, w, device=dev), None)
+            logits = _logits(model, torch.zeros(1, *encoded_shape((c, h, w)), device=dev), None)
     except torch.OutOfMemoryError:
         raise
     except RuntimeError as exc:  # e.g. a 4-channel or greyscale image fed to an RGB model

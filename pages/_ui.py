@@ -125,8 +125,7 @@ def model(path: str, weights_sha256: str, device: str, image_shape: tuple[int, i
     net = load_checkpoint(path, device=device)[0]
     if torch.device(device).type != "cpu":
         return net
-    channels, height, width = image_shape
-    return compile_for_cpu(net, (2 * channels, height, width))
+    return compile_for_cpu(net, image_shape)
 
 
 @st.cache_resource(show_spinner=False)

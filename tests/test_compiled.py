@@ -14,10 +14,11 @@ from certcore import compiled as compiled_module
 from certcore.checkpoints import load_checkpoint
 from certcore.compiled import CompiledClassifier, CompileWarning, compile_for_cpu
 from certcore.data import bundled_samples
+from certcore.default_result import DEFAULT_CHECKPOINT
 from certcore.sampling import num_classes_of, sample_counts
 from tests.tiny_models import PixelKeptClassifier
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cifar10_resnet20_e50.pt"
+CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / DEFAULT_CHECKPOINT
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def resnet() -> tuple[torch.nn.Module, torch.nn.Module]:
     eager, _ = load_checkpoint(CHECKPOINT)
     with warnings.catch_warnings():
         warnings.simplefilter("error", CompileWarning)  # this machine has a C++ compiler: compiling must work
-        fast = compile_for_cpu(eager, (6, 32, 32), batch_size=100)
+        fast = compile_for_cpu(eager, (3, 32, 32), batch_size=100)
     assert isinstance(fast, CompiledClassifier) and fast.compile_seconds > 0
     return eager, fast
 
@@ -58,7 +59,7 @@ def test_padding_and_other_shapes_match_the_eager_logits(resnet) -> None:
 
 def test_exact_labels_on_a_tiny_classifier() -> None:
     model = PixelKeptClassifier(row=2, col=3).eval()
-    fast = compile_for_cpu(model, (6, 8, 8), batch_size=16)
+    fast = compile_for_cpu(model, (3, 8, 8), batch_size=16)
     image = torch.rand(3, 8, 8)
     got = sample_counts(fast, image, 5, 250, seed=1)
     want = sample_counts(model, image, 5, 250, seed=1)
@@ -68,11 +69,11 @@ def test_exact_labels_on_a_tiny_classifier() -> None:
 def test_refuses_training_mode_and_bad_arguments() -> None:
     model = PixelKeptClassifier(row=0, col=0)
     with pytest.raises(ValueError, match="eval mode"):
-        compile_for_cpu(model.train(), (6, 8, 8))
-    with pytest.raises(ValueError, match="input_shape"):
+        compile_for_cpu(model.train(), (3, 8, 8))
+    with pytest.raises(ValueError, match="image_shape"):
         compile_for_cpu(model.eval(), (8, 8))
     with pytest.raises(ValueError, match="batch_size"):
-        compile_for_cpu(model.eval(), (6, 8, 8), batch_size=0)
+        compile_for_cpu(model.eval(), (3, 8, 8), batch_size=0)
     wrapper = CompiledClassifier(model.eval(), (6, 8, 8), 4)
     with pytest.raises(RuntimeError, match="inference only"):
         wrapper.train()(torch.zeros(1, 6, 8, 8))
@@ -88,4 +89,4 @@ def test_falls_back_to_the_eager_model_with_a_warning(monkeypatch: pytest.Monkey
     monkeypatch.setattr(compiled_module.torch, "compile", no_compiler)
     model = PixelKeptClassifier(row=0, col=0).eval()
     with pytest.warns(CompileWarning, match="RuntimeError: C\\+\\+ compile error\\); certifying with the eager"):
-        assert compile_for_cpu(model, (6, 8, 8)) is model
+        assert compile_for_cpu(model, (3, 8, 8)) is model
