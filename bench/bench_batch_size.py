@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certcore.checkpoints import load_checkpoint  # noqa: E402
 from certcore.data import bundled_samples  # noqa: E402
+from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
 from certcore.sampling import describe_device, sample_counts  # noqa: E402
 
-CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "cifar10_resnet20_e50.pt"
+CHECKPOINT = checkpoint_dir() / DEFAULT_CHECKPOINT
 
 
 def main() -> None:

@@ -200,12 +200,17 @@ def paper_figures(
     ``alphas`` the four of the paper and the run's, ``k`` (of Figures 3 and 4) 3; k at most c - 1."""
     first = _first(records)
     top = len(first["counts"]) - 1
-    k = min(PAPER_K, top) if k is None else k
+    k = figure_k(k, records)
     return [
         impact_of_k(records, range(1, min(5, top) + 1) if ks is None else ks, r_max),
         impact_of_n(records, default_ns(first["n"]) if ns is None else ns, k, r_max, seed),
         impact_of_alpha(records, [*PAPER_ALPHAS, first["alpha"]] if alphas is None else alphas, k, r_max),
     ]
+
+
+def figure_k(k: int | None, records: Sequence[Record]) -> int:
+    """k of Figures 2-4: ``k`` if given, else the paper's 3 (at most c - 1)."""
+    return min(PAPER_K, len(_first(records)["counts"]) - 1) if k is None else k
 
 
 def run_caption(records: Sequence[Record]) -> str:
@@ -260,8 +265,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         figures = paper_figures(records, args.ks, args.ns, args.alphas, args.k, args.r_max, args.seed)
         if args.e_runs:
             runs = [records, *(read_results(path) for path in args.e_runs)]
-            k = min(PAPER_K, len(records[0]["counts"]) - 1) if args.k is None else args.k
-            figures.insert(1, impact_of_e(runs, k, args.r_max, args.seed))
+            figures.insert(1, impact_of_e(runs, figure_k(args.k, records), args.r_max, args.seed))
         written = write_paper_figures(figures, args.out or Path(args.results).with_suffix(""), not args.no_png)
     except ValueError as exc:  # ResultsError included: every bad input names its parameter and range
         raise SystemExit(f"error: {exc}") from None
