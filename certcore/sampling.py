@@ -13,6 +13,12 @@ there the masks, hence the counts, depend on the seed *and* the batch size.
 Concurrent callers (app sessions are threads of one server sharing one cached model) on the same GPU take
 turns batch by batch (``device_lock``): each session's progress keeps moving, and the GPU holds one batch's
 activations at a time instead of one per session. On the CPU no lock is taken.
+
+On the CPU, consecutive batches are classified by ``workers`` threads at once (``default_workers``): the masks
+are still drawn one batch after the other from the one generator in the calling thread, and counts are sums,
+so the counts do not depend on ``workers`` either (tested). bench/bench_compiled.py measured 2 workers at about
+1.2x the samples/s of 1 on a 2-core CPU: small batches leave a core idle at each multi-threaded operator's
+join, two independent batches do not.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import itertools
 import platform
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,6 +119,14 @@ def resolve_device(model: nn.Module, device: torch.device | str | None = None) -
 def default_batch_size(device: torch.device | str) -> int:
     """Samples per forward pass when none is given: ``CUDA_BATCH_SIZE`` on a GPU, ``CPU_BATCH_SIZE`` otherwise."""
     return CUDA_BATCH_SIZE if torch.device(device).type == "cuda" else CPU_BATCH_SIZE
+
+
+def default_workers(device: torch.device | str) -> int:
+    """Batches classified at once when none is given: 2 on a CPU running more than one torch thread, else 1.
+
+    Measured only on a 2-core CPU (bench/RESULTS.md); a GPU classifies one batch at a time (``device_lock``).
+    """
+    return 2 if torch.device(device).type == "cpu" and torch.get_num_threads() > 1 else 1
 
 
 def describe_device(device: torch.device) -> str:
@@ -215,6 +231,34 @@ def _count_labels(
     return batch_size
 
 
+def _counts_concurrently(
+    model: nn.Module, image: torch.Tensor, keeps: Iterable[torch.Tensor], num_classes: int, workers: int
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield (samples, label counts) of each batch of keep masks, in order, classifying up to ``workers``
+    batches at once on threads (CPU only: no out-of-memory retry). ``keeps`` is consumed in the calling
+    thread, so the masks are drawn in the same order as sequentially. Closing the iterator early drops the
+    batches still in flight."""
+
+    def classify(keep: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # thread-local: each worker enters it itself
+            logits = _logits(model, encode_ablated(image, keep), num_classes)
+            return torch.bincount(logits.argmax(dim=1), minlength=num_classes)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="certcore-sampling")
+    pending: deque = deque()
+    try:
+        for keep in keeps:
+            pending.append((len(keep), pool.submit(classify, keep)))
+            if len(pending) > workers:  # one batch queued per worker beyond those running: bounded memory
+                samples, future = pending.popleft()
+                yield samples, future.result()
+        while pending:
+            samples, future = pending.popleft()
+            yield samples, future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def sample_counts(
     model: nn.Module,
     image: torch.Tensor,
@@ -226,6 +270,7 @@ def sample_counts(
     device: torch.device | str | None = None,
     num_classes: int | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> SamplingResult:
     """Counts n_1..n_c of the labels ``model`` predicts for ``n`` ablations of ``image`` keeping ``e`` pixels.
 
@@ -243,6 +288,8 @@ def sample_counts(
     ``progress(done, n)`` is called after every batch with increasing ``done`` ending at ``n``; returning
     False (None does not count) before the end raises ``SamplingCancelled`` carrying the partial counts.
     Same seed and device -> identical counts; the module docstring says when the batch size matters.
+    ``workers`` (CPU only, default ``default_workers``) is the number of batches classified at once; it does
+    not change the counts. On a GPU it must be 1.
     """
     started = time.perf_counter()
     dev = resolve_device(model, device)
@@ -253,6 +300,9 @@ def sample_counts(
     batch_size = default_batch_size(dev) if batch_size is None else check_int(batch_size, "batch_size", 1)
     seed = check_int(seed, "seed", 0, MAX_SEED)
     _check_eval_mode(model)
+    workers = default_workers(dev) if workers is None else check_int(workers, "workers", 1)
+    if workers > 1 and dev.type != "cpu":
+        raise ValueError(f"workers must be 1 on {dev.type} (batches take turns on a GPU), got {workers}")
     c = num_classes_of(model, image, dev) if num_classes is None else check_int(num_classes, "num_classes", 2)
 
     x = image.to(dev, torch.float32).unsqueeze(0)
@@ -270,12 +320,28 @@ def sample_counts(
             partial=partial,
         )
 
+    def report(samples: int) -> None:
+        nonlocal done
+        done += samples
+        if progress is not None and progress(done, n) is False and done < n:
+            raise SamplingCancelled(result(partial=True))
+
     with torch.inference_mode():
+        if workers > 1:
+            keeps = (
+                draw_keep_masks(min(batch_size, n - start), height, width, e, generator, dev)
+                for start in range(0, n, batch_size)
+            )
+            batches = _counts_concurrently(model, x, keeps, c, workers)
+            try:
+                for samples, batch_counts in batches:
+                    counts += batch_counts
+                    report(samples)
+            finally:
+                batches.close()
         while done < n:
             with device_lock(dev):
                 keep = draw_keep_masks(min(batch_size, n - done), height, width, e, generator, dev)
                 batch_size = _count_labels(model, x, keep, counts, batch_size)
-            done += len(keep)
-            if progress is not None and progress(done, n) is False and done < n:
-                raise SamplingCancelled(result(partial=True))
+            report(len(keep))
         return result(partial=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from certcore.sampling import (
     CUDA_BATCH_SIZE,
     SamplingCancelled,
     default_batch_size,
+    default_workers,
     num_classes_of,
     sample_counts,
 )
@@ -76,15 +79,58 @@ def test_a_pixel_is_kept_in_a_fraction_e_over_d_of_the_samples(
     assert binomtest(kept, n, e / (height * width)).pvalue > 0.001
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_counts_do_not_depend_on_the_number_of_workers(workers: int) -> None:
+    one = sample_counts(row_model(), IMAGE, E, 2003, seed=8, batch_size=64, workers=1)
+    many = sample_counts(row_model(), IMAGE, E, 2003, seed=8, batch_size=64, workers=workers)
+    assert np.array_equal(one.counts, many.counts) and many.samples == 2003
+
+
+class MeetsAnotherBatch(nn.Module):
+    """Classifies only once ``parties`` forward passes are running at the same time (a barrier): a sampler that
+    ran batches one after another would break the barrier after ``timeout`` seconds."""
+
+    def __init__(self, parties: int, timeout: float = 20.0) -> None:
+        super().__init__()
+        self.inner = KeptInFirstRowClassifier()
+        self.barrier = threading.Barrier(parties, timeout=timeout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.barrier.wait()
+        return self.inner(x)
+
+
+def test_workers_classify_batches_at_the_same_time_on_the_cpu() -> None:
+    model = MeetsAnotherBatch(2).eval()
+    result = sample_counts(model, IMAGE, E, 400, seed=9, batch_size=100, num_classes=10, workers=2)
+    assert np.array_equal(result.counts, sample_counts(row_model(), IMAGE, E, 400, seed=9, workers=1).counts)
+
+
+def test_default_workers_is_two_on_a_multithreaded_cpu_and_one_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    assert default_workers("cpu") == 2 and default_workers("cuda:0") == 1
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert default_workers("cpu") == 1
+
+
+def test_an_error_in_a_worker_reaches_the_caller() -> None:
+    model = nn.Sequential(nn.Flatten(), nn.Linear(6 * H * W, 10)).eval()
+    with pytest.raises(ValueError, match=r"logits of shape \(batch, num_classes=5\)"):
+        sample_counts(model, IMAGE, E, 1000, seed=0, batch_size=100, num_classes=5, workers=2)
+
+
 def test_progress_reports_every_batch_up_to_n() -> None:
     calls: list[tuple[int, int]] = []
     sample_counts(row_model(), IMAGE, E, 1050, seed=0, batch_size=200, progress=lambda done, n: calls.append((done, n)))
     assert calls == [(200, 1050), (400, 1050), (600, 1050), (800, 1050), (1000, 1050), (1050, 1050)]
 
 
-def test_progress_returning_false_cancels_with_the_partial_counts() -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_returning_false_cancels_with_the_partial_counts(workers: int) -> None:
     with pytest.raises(SamplingCancelled, match="after 300 of 1000") as cancelled:
-        sample_counts(row_model(), IMAGE, E, 1000, seed=2, batch_size=100, progress=lambda done, n: done < 300)
+        sample_counts(
+            row_model(), IMAGE, E, 1000, seed=2, batch_size=100, progress=lambda done, n: done < 300, workers=workers
+        )
     partial = cancelled.value.result
     assert partial.partial and partial.n == 1000 and partial.samples == 300
     assert np.array_equal(partial.counts, sample_counts(row_model(), IMAGE, E, 300, seed=2).counts)
@@ -95,9 +141,10 @@ def test_progress_returning_false_after_the_last_batch_returns_the_full_result()
     assert result.samples == 400 and not result.partial
 
 
+# Out-of-memory halving belongs to the one-batch-at-a-time path a GPU takes (workers=1); simulated here on the CPU.
 def test_out_of_memory_halves_the_batch_and_loses_no_sample() -> None:
     model = OutOfMemoryAbove(KeptInFirstRowClassifier(), limit=64).eval()
-    result = sample_counts(model, IMAGE, E, 1000, seed=3, batch_size=256, num_classes=10)
+    result = sample_counts(model, IMAGE, E, 1000, seed=3, batch_size=256, num_classes=10, workers=1)
     assert result.batch_size == 64
     assert np.array_equal(result.counts, sample_counts(row_model(), IMAGE, E, 1000, seed=3).counts)
 
@@ -105,7 +152,7 @@ def test_out_of_memory_halves_the_batch_and_loses_no_sample() -> None:
 def test_out_of_memory_at_batch_size_one_is_raised() -> None:
     model = OutOfMemoryAbove(KeptInFirstRowClassifier(), limit=0).eval()
     with pytest.raises(torch.OutOfMemoryError):
-        sample_counts(model, IMAGE, E, 10, seed=3, batch_size=4, num_classes=10)
+        sample_counts(model, IMAGE, E, 10, seed=3, batch_size=4, num_classes=10, workers=1)
 
 
 def test_number_of_classes_is_read_from_the_model() -> None:
@@ -129,6 +176,7 @@ def test_number_of_classes_is_read_from_the_model() -> None:
         ({"num_classes": 5}, r"logits of shape \(batch, num_classes=5\)"),
         ({"num_classes": 1}, r"num_classes must be an integer >= 2"),
         ({"device": "meta"}, r"device is meta but the model lives on cpu"),
+        ({"workers": 0}, r"workers must be an integer >= 1"),
     ],
 )
 def test_invalid_parameters_are_refused_with_their_name_and_range(changes: dict, message: str) -> None:
