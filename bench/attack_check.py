@@ -17,7 +17,7 @@ An attack succeeds when the true label leaves the top-k of those counts. The the
 succeed (with probability >= 1 - alpha); the figures at 2r..100 pixels show how far from vacuous the radius is.
 "affected" is the share of samples that keep at least one changed pixel: the most any attack can move.
 
-    nice -n 10 python bench/attack_check.py                       # first checkpoint in checkpoints/
+    nice -n 10 python bench/attack_check.py                       # the app's default checkpoint
     nice -n 10 python bench/attack_check.py --state checkpoints/state/cifar10_resnet20_e50.state.pt  # a snapshot
 
 Writes a JSON report (``--out``) and prints a Markdown table for bench/RESULTS.md.
@@ -46,8 +46,9 @@ if str(REPO) not in sys.path:
 import certcore  # noqa: E402
 from certcore.ablation import draw_keep_masks, encode_ablated  # noqa: E402
 from certcore.certify import certificate_from_counts, top_k_labels  # noqa: E402
-from certcore.checkpoints import checkpoint_sha256, list_checkpoints, load_checkpoint  # noqa: E402
+from certcore.checkpoints import checkpoint_sha256, load_checkpoint  # noqa: E402
 from certcore.data import bundled_samples  # noqa: E402
+from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
 from certcore.models import build_model  # noqa: E402
 from certcore.sampling import describe_device  # noqa: E402
 
@@ -248,12 +249,9 @@ def load_model(args: argparse.Namespace) -> tuple[nn.Module, dict[str, Any]]:
                                       f"step {pos.get('step_in_epoch')}, global step {pos.get('global_step')})",
                               "sha256": checkpoint_sha256(args.state), "e": int(config["e"]),
                               "dataset": config["dataset"]}
-    path = Path(args.checkpoint) if args.checkpoint else None
-    if path is None:
-        found = [c for c in list_checkpoints(REPO / "checkpoints") if c.metadata.get("dataset") == "cifar10"]
-        if not found:
-            raise SystemExit("error: no CIFAR-10 checkpoint in checkpoints/; pass --checkpoint PATH or --state PATH")
-        path = found[0].path
+    path = Path(args.checkpoint) if args.checkpoint else checkpoint_dir() / DEFAULT_CHECKPOINT
+    if not path.is_file():
+        raise SystemExit(f"error: no checkpoint at {path}; pass --checkpoint PATH or --state PATH")
     model, meta = load_checkpoint(path, dataset="cifar10")
     return model, {"name": path.name, "sha256": checkpoint_sha256(path), "e": int(meta["e"]), "dataset": "cifar10",
                    "weights_sha256": meta["weights_sha256"],
@@ -360,7 +358,7 @@ def markdown(report: dict[str, Any]) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", help="certcore checkpoint (default: the first CIFAR-10 one in checkpoints/)")
+    src.add_argument("--checkpoint", help="certcore checkpoint (default: the app's default CIFAR-10 checkpoint)")
     src.add_argument("--state", help="a training state file (certcore.train --state): attack its current weights")
     p.add_argument("--images", type=int, default=6, help="certified images to attack")
     p.add_argument("--k", type=int, default=1, help="top-k certified and attacked")
