@@ -16,9 +16,9 @@ activations at a time instead of one per session. On the CPU no lock is taken.
 
 On the CPU, consecutive batches are classified by ``workers`` threads at once (``default_workers``): the masks
 are still drawn one batch after the other from the one generator in the calling thread, and counts are sums,
-so the counts do not depend on ``workers`` either (tested). bench/bench_compiled.py measured 2 workers at about
-1.2x the samples/s of 1 on a 2-core CPU: small batches leave a core idle at each multi-threaded operator's
-join, two independent batches do not.
+so the counts do not depend on ``workers`` either (tested). On a 2-core CPU bench/bench_compiled.py measured 2
+workers at 1.06-1.15x the samples/s of 1 when idle, and 4.4x with a training run on the same cores: a
+multi-threaded operator waits at its end for its slowest thread, two independent batches do not wait for each other.
 """
 
 from __future__ import annotations
@@ -249,7 +249,7 @@ def _counts_concurrently(
     try:
         for keep in keeps:
             pending.append((len(keep), pool.submit(classify, keep)))
-            if len(pending) > workers:  # one batch queued per worker beyond those running: bounded memory
+            if len(pending) > workers:  # at most one batch waits beyond those running: bounded memory
                 samples, future = pending.popleft()
                 yield samples, future.result()
         while pending:
