@@ -181,8 +181,9 @@ def test_sessions_sharing_a_device_lock_take_turns_per_batch_and_keep_their_coun
             inside[0] -= 1
             lock.release()
 
-    def sample(seed: int) -> tuple[int, ...]:
-        return tuple(certcore.sampling.sample_counts(model, image, 50, N, seed=seed, batch_size=BATCH).counts.tolist())
+    def sample(seed: int) -> tuple[int, ...]:  # workers=1: one batch at a time, the path a GPU takes
+        counts = certcore.sampling.sample_counts(model, image, 50, N, seed=seed, batch_size=BATCH, workers=1).counts
+        return tuple(counts.tolist())
 
     alone = {seed: sample(seed) for seed in SEEDS}
     monkeypatch.setattr(certcore.sampling, "device_lock", lambda _device: Recording())
