@@ -74,5 +74,6 @@ def main() -> None:
               f"{differing[name]} of {len(images) * args.n:,} |")
     print(f"\ncompile time {getattr(compiled, 'compile_seconds', float('nan')):.1f} s (once per process)")
 
+
 if __name__ == "__main__":
     main()
