@@ -214,6 +214,7 @@ def certify(
     num_classes: int | None = None,
     progress: Progress | None = None,
     checkpoint: str | None = None,
+    workers: int | None = None,
 ) -> Certificate:
     """Certify the top-k predictions of the smoothed ``model`` at ``image`` (C, H, W in [0, 1]) from n samples.
 
@@ -221,7 +222,8 @@ def certify(
     the true ``label`` is certified with probability >= 1 - alpha, the data-selected top-k with >= 1 - 2 alpha).
     All parameters are validated before any sampling (c is read from the model unless ``num_classes`` is
     given), and a ``SampleSizeWarning`` names the smallest useful n when n samples can never certify.
-    ``checkpoint`` (a hash or name of the weights) is recorded in the certificate's ``run``.
+    ``checkpoint`` (a hash or name of the weights) is recorded in the certificate's ``run``. ``batch_size``,
+    ``device`` and ``workers`` go to ``sample_counts`` (speed only: on a CPU they do not change the counts).
     """
     _, height, width = check_image(image).shape
     check_d_e(height * width, e)
@@ -233,7 +235,8 @@ def certify(
         check_label(label, classes)
     warn_if_too_few_samples(n, num_classes=classes, d=height * width, e=e, k=k, alpha=alpha)
     sampled = sample_counts(
-        model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=classes, progress=progress
+        model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=classes, progress=progress,
+        workers=workers,
     )
     run = SamplingRun.of(sampled, seed, checkpoint)
     return certificate_from_counts(sampled.counts, d=height * width, e=e, k=k, alpha=alpha, label=label, run=run)

@@ -10,6 +10,7 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
+from certcore.certify import certify
 from certcore.sampling import (
     CPU_BATCH_SIZE,
     CUDA_BATCH_SIZE,
@@ -84,6 +85,8 @@ def test_counts_do_not_depend_on_the_number_of_workers(workers: int) -> None:
     one = sample_counts(row_model(), IMAGE, E, 2003, seed=8, batch_size=64, workers=1)
     many = sample_counts(row_model(), IMAGE, E, 2003, seed=8, batch_size=64, workers=workers)
     assert np.array_equal(one.counts, many.counts) and many.samples == 2003
+    via_certify = certify(row_model(), IMAGE, e=E, k=1, n=2003, alpha=0.001, seed=8, batch_size=64, workers=workers)
+    assert list(via_certify.counts) == one.counts.tolist()
 
 
 class MeetsAnotherBatch(nn.Module):
