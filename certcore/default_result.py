@@ -17,6 +17,7 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ DEFAULT_CHECKPOINT = "cifar10_resnet20_e50.pt"
 DEFAULT_IMAGE = "cifar10-test-0061"
 # The paper's k and alpha; n = 10,000 instead of its 100,000 so that a CPU run takes seconds, not minutes.
 APP_DEFAULTS = {"k": 3, "n": 10_000, "alpha": 0.001, "seed": 0}
+
+
+def default_checkpoint_first(names: Iterable[str]) -> list[str]:
+    """Checkpoint names (file names without ``.pt``) with ``DEFAULT_CHECKPOINT``'s first, the others in their
+    order: what a checkpoint picker preselects, whatever other files sort before it."""
+    default = Path(DEFAULT_CHECKPOINT).stem
+    return sorted(names, key=lambda name: name != default)
 
 
 def checkpoint_dir() -> Path:

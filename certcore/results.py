@@ -151,6 +151,24 @@ def list_result_files(directory: str | Path = "results") -> list[Path]:
     return sorted(p for p in folder.glob("*.jsonl") if not SHARD_PATTERN.match(p.name))
 
 
+def most_complete_run(files: Iterable[str | Path], checkpoint: str) -> Path | None:
+    """Of the results ``files``, the one holding the most images of ``checkpoint`` (its name without ``.pt``, as
+    results record it), the larger n on a tie, the first file on a further tie; None if none holds that
+    checkpoint. Files that cannot be read are passed over (the pages that list them say why)."""
+    best: tuple[int, int] | None = None
+    chosen = None
+    for path in files:
+        try:
+            records = scan_results(path).records
+        except (OSError, ResultsError):
+            continue
+        if records and records[0]["checkpoint"] == checkpoint:
+            rank = (len(records), records[0]["n"])
+            if best is None or rank > best:
+                best, chosen = rank, Path(path)
+    return chosen
+
+
 def shard_files(path: str | Path) -> list[Path]:
     """The per-rank shard files ``NAME.rankR.jsonl`` next to results file ``NAME.jsonl``, by rank."""
     path = Path(path)

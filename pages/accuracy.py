@@ -6,11 +6,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from certcore.default_result import results_dir
+from certcore.default_result import DEFAULT_CHECKPOINT, default_checkpoint_first, results_dir
 from certcore.evaluate import EvaluationError, open_image_source
 from certcore.figures import accuracy_runs_figure
 from certcore.interactive import ProgressReporter, evaluate_images
-from certcore.results import ResultsError, list_result_files, read_results
+from certcore.results import ResultsError, list_result_files, most_complete_run, read_results
 from certcore.sampling import default_batch_size
 from certcore.summarize import summary_data
 from pages import _ui as ui
@@ -26,7 +26,10 @@ def curves(files: list[Path]) -> None:
     names = [f.name for f in files]
     if st.session_state.get(NEW_FILE) in names:
         st.session_state[FILES] = sorted({*st.session_state.get(FILES, []), st.session_state.pop(NEW_FILE)})
-    chosen = st.multiselect("Results files", names, default=names[:2], key=FILES,
+    if FILES not in st.session_state:  # first visit: the default checkpoint's most complete run
+        main = most_complete_run(files, Path(DEFAULT_CHECKPOINT).stem)
+        st.session_state[FILES] = [main.name] if main else names[:1]
+    chosen = st.multiselect("Results files", names, key=FILES,
                             help=f"JSON-lines files of `python -m certcore.evaluate` in `{results_dir()}`.")
     a, b, c = st.columns(3)
     ks = a.multiselect("k", list(range(1, 11)), default=[1, 3], key="acc-k",
@@ -73,7 +76,7 @@ def live_run() -> None:
         return
     with st.form("acc-live"):
         a, b, c = st.columns(3)
-        name = a.selectbox("Checkpoint", [i.name for i in infos], key="acc-ckpt",
+        name = a.selectbox("Checkpoint", default_checkpoint_first(i.name for i in infos), key="acc-ckpt",
                            help="The base classifier f; e is the one it was trained with.")
         images = b.number_input("Test images", 1, 50, 5, key="acc-images",
                                 help="The first images of the evaluation set (CIFAR10: test images 0, 2, 4, ...).")

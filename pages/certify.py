@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,13 @@ import torch
 from certcore.ablation import ablated_previews
 from certcore.checkpoints import CheckpointInfo
 from certcore.data import class_names, load_uploaded_image
-from certcore.default_result import APP_DEFAULTS, DEFAULT_CHECKPOINT, DefaultResult, checkpoint_dir
+from certcore.default_result import (
+    APP_DEFAULTS,
+    DEFAULT_CHECKPOINT,
+    DefaultResult,
+    checkpoint_dir,
+    default_checkpoint_first,
+)
 from certcore.explain import MAX_SEED, LinkValues, parameter_problems, read_link
 from certcore.figures import enlarge, mosaic
 from certcore.interactive import ProgressReporter, counts_key, format_duration, sample_image
@@ -73,7 +78,7 @@ def checkpoint_picker(dataset: str) -> CheckpointInfo | None:
         st.caption("Any certcore checkpoint file (`*.pt`) in that folder works; set `CERTCORE_CHECKPOINTS` to use "
                    "another folder. Without a model, the What-if page certifies label counts at any size.")
         return None
-    names = sorted(infos, key=lambda n: n != Path(DEFAULT_CHECKPOINT).stem)  # the default first, the rest by name
+    names = default_checkpoint_first(infos)
     name = st.selectbox("Checkpoint (base classifier)", names, key="checkpoint",
                         help="A base classifier trained on ablated images (certcore.train); its metadata below.")
     meta = infos[name].metadata

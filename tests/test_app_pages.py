@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from certcore.default_result import checkpoint_dir, results_dir
 from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
+from tests.test_results import COUNTS, make_record, write_records
 
 pytestmark = pytest.mark.usefixtures("app_env")
 
@@ -56,6 +58,25 @@ def test_accuracy_page_without_results_explains_and_runs_live(shared_data):
     assert at.multiselect(key="acc-files").value == ["live_cifar10_resnet20_e50_n100_a0.001_s0.jsonl"]
     figure = at.get("plotly_chart")[0].proto.spec
     assert "top-1 · cifar10_resnet20_e50 · n=100 · α=0.001 · 2 images" in figure and "paper Table 1" in figure
+
+
+def test_accuracy_page_opens_on_the_default_checkpoints_most_complete_run():
+    """Other files sort first (another model's run, a short run of the default's): the page still opens on the
+    default checkpoint's run with the most images, and the live run's picker on the default checkpoint."""
+    results = results_dir()  # app_env's empty folders
+    results.mkdir()
+    write_records(results / "a_other_model.jsonl", [make_record(i, 0, COUNTS, checkpoint="cifar10_resnet20_e100_ft")
+                                                    for i in range(5)])
+    write_records(results / "b_short.jsonl", [make_record(i, 0, COUNTS, checkpoint="cifar10_resnet20_e50")
+                                              for i in range(2)])
+    write_records(results / "c_main.jsonl", [make_record(i, 0, COUNTS, checkpoint="cifar10_resnet20_e50")
+                                             for i in range(3)])
+    (checkpoint_dir() / "a_first_by_name.pt").hardlink_to(checkpoint_dir() / "cifar10_resnet20_e50.pt")
+    at = open_page("pages/accuracy.py")
+    assert_clean(at)
+    assert at.multiselect(key="acc-files").value == ["c_main.jsonl"]
+    assert at.selectbox(key="acc-ckpt").value == "cifar10_resnet20_e50"
+    assert at.selectbox(key="acc-ckpt").options == ["cifar10_resnet20_e50", "a_first_by_name"]
 
 
 def test_learn_toy_is_exact_and_shows_tightness():

@@ -23,6 +23,7 @@ from certcore.results import (
     describe_run,
     format_accuracy_table,
     list_result_files,
+    most_complete_run,
     read_results,
     record_line,
     scan_results,
@@ -167,3 +168,17 @@ def test_paper_tables() -> None:
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_most_complete_run_picks_the_checkpoints_file_with_most_images_then_larger_n(tmp_path: Path) -> None:
+    def run(name: str, images: int, checkpoint: str, scale: int = 1) -> Path:
+        counts = [c * scale for c in COUNTS]
+        return write_records(tmp_path / name, [make_record(i, 0, counts, checkpoint=checkpoint) for i in range(images)])
+
+    files = [run("a.jsonl", 9, "other"), run("b.jsonl", 2, "mine"), run("c.jsonl", 3, "mine"),
+             run("d.jsonl", 3, "mine", scale=10)]
+    corrupt = tmp_path / "e.jsonl"
+    corrupt.write_text("not json\n{}\n")
+    assert most_complete_run([*files, corrupt], "mine") == tmp_path / "d.jsonl"  # 3 images, the larger n
+    assert most_complete_run(files[:3], "mine") == tmp_path / "c.jsonl"
+    assert most_complete_run(files, "absent") is None
