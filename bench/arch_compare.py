@@ -148,7 +148,8 @@ def time_inference(models: dict[str, torch.nn.Module], image: torch.Tensor, args
 
     def seconds(model: torch.nn.Module) -> float:
         start = time.perf_counter()
-        sample_counts(model, image, args.e, args.batch, seed=0, num_classes=10)
+        # one batch at a time (workers=1): the architectures compared on equal terms, as in README's table
+        sample_counts(model, image, args.e, args.batch, seed=0, num_classes=10, workers=1)
         return time.perf_counter() - start
 
     names = list(models)

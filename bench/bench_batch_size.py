@@ -41,13 +41,16 @@ def main() -> None:
     sizes = sorted(set(args.sizes) | {args.reference})
     model, meta = load_checkpoint(CHECKPOINT, device=args.device)
     image = bundled_samples("cifar10")[0].image
-    sample_counts(model, image, meta["e"], 2 * max(sizes), seed=0, batch_size=max(sizes), device=args.device)
+    # workers=1: one batch at a time, so the batch size alone varies (and the only choice on a GPU)
+    sample_counts(model, image, meta["e"], 2 * max(sizes), seed=0, batch_size=max(sizes), device=args.device,
+                  workers=1)
 
     rates: dict[int, list[float]] = {size: [] for size in sizes}
     for r in range(args.rounds):
         for size in sizes[r % len(sizes):] + sizes[: r % len(sizes)]:
             started = time.perf_counter()
-            sample_counts(model, image, meta["e"], args.samples, seed=r, batch_size=size, device=args.device)
+            sample_counts(model, image, meta["e"], args.samples, seed=r, batch_size=size, device=args.device,
+                          workers=1)
             rates[size].append(args.samples / (time.perf_counter() - started))
 
     device = describe_device(torch.device(args.device))

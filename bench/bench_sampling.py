@@ -136,7 +136,9 @@ def main() -> None:
     variants: dict[str, Callable[[], object]] = {
         base: lambda: forward_only(model, [premade]),
         "forward only, pre-made encodings (contiguous NCHW)": lambda: forward_only(model, [premade_contiguous]),
-        "sample_counts": lambda: sample_counts(model, image, E, batch, seed=0, batch_size=batch, num_classes=CLASSES),
+        # workers=1: one batch at a time, like the bare forward it is compared with
+        "sample_counts": lambda: sample_counts(model, image, E, batch, seed=0, batch_size=batch, num_classes=CLASSES,
+                                               workers=1),
         "(b) reference-style loop": lambda: loop_counts(model, image, batch, batch, reference_batch),
         "(c) per-sample randperm loop": lambda: loop_counts(model, image, batch, batch, randperm_batch),
     }
