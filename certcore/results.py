@@ -151,10 +151,14 @@ def list_result_files(directory: str | Path = "results") -> list[Path]:
     return sorted(p for p in folder.glob("*.jsonl") if not SHARD_PATTERN.match(p.name))
 
 
-def most_complete_run(files: Iterable[str | Path], checkpoint: str) -> Path | None:
+def most_complete_run(
+    files: Iterable[str | Path], checkpoint: str, checkpoint_sha256: str | None = None
+) -> Path | None:
     """Of the results ``files``, the one holding the most images of ``checkpoint`` (its name without ``.pt``, as
     results record it), the larger n on a tie, the first file on a further tie; None if none holds that
-    checkpoint. Files that cannot be read are passed over (the pages that list them say why)."""
+    checkpoint. With ``checkpoint_sha256`` only runs of exactly that file count (not, e.g., a snapshot of its
+    training saved under the same name). Files that cannot be read are passed over (the pages that list them
+    say why)."""
     best: tuple[int, int] | None = None
     chosen = None
     for path in files:
@@ -162,7 +166,8 @@ def most_complete_run(files: Iterable[str | Path], checkpoint: str) -> Path | No
             records = scan_results(path).records
         except (OSError, ResultsError):
             continue
-        if records and records[0]["checkpoint"] == checkpoint:
+        if (records and records[0]["checkpoint"] == checkpoint
+                and checkpoint_sha256 in (None, records[0]["checkpoint_sha256"])):
             rank = (len(records), records[0]["n"])
             if best is None or rank > best:
                 best, chosen = rank, Path(path)

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import streamlit as st
 
-from certcore.default_result import DEFAULT_CHECKPOINT, default_checkpoint_first, results_dir
+from certcore.checkpoints import checkpoint_sha256
+from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir, default_checkpoint_first, results_dir
 from certcore.evaluate import EvaluationError, open_image_source
 from certcore.figures import accuracy_runs_figure
 from certcore.interactive import ProgressReporter, evaluate_images
@@ -27,7 +28,9 @@ def curves(files: list[Path]) -> None:
     if st.session_state.get(NEW_FILE) in names:
         st.session_state[FILES] = sorted({*st.session_state.get(FILES, []), st.session_state.pop(NEW_FILE)})
     if FILES not in st.session_state:  # first visit: the default checkpoint's most complete run
-        main = most_complete_run(files, Path(DEFAULT_CHECKPOINT).stem)
+        default = checkpoint_dir() / DEFAULT_CHECKPOINT
+        sha256 = checkpoint_sha256(default) if default.is_file() else None
+        main = most_complete_run(files, default.stem, sha256)
         st.session_state[FILES] = [main.name] if main else names[:1]
     chosen = st.multiselect("Results files", names, key=FILES,
                             help=f"JSON-lines files of `python -m certcore.evaluate` in `{results_dir()}`.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from certcore.checkpoints import checkpoint_sha256
 from certcore.default_result import checkpoint_dir, results_dir
 from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
 from tests.test_results import COUNTS, make_record, write_records
@@ -61,17 +62,22 @@ def test_accuracy_page_without_results_explains_and_runs_live(shared_data):
 
 
 def test_accuracy_page_opens_on_the_default_checkpoints_most_complete_run():
-    """Other files sort first (another model's run, a short run of the default's): the page still opens on the
-    default checkpoint's run with the most images, and the live run's picker on the default checkpoint."""
+    """Other files sort first (another model's run, a short run of the default's, a bigger run of an older file of
+    the same name): the page still opens on the default checkpoint's run with the most images, and the live run's
+    picker on the default checkpoint."""
     results = results_dir()  # app_env's empty folders
     results.mkdir()
-    write_records(results / "a_other_model.jsonl", [make_record(i, 0, COUNTS, checkpoint="cifar10_resnet20_e100_ft")
-                                                    for i in range(5)])
-    write_records(results / "b_short.jsonl", [make_record(i, 0, COUNTS, checkpoint="cifar10_resnet20_e50")
-                                              for i in range(2)])
-    write_records(results / "c_main.jsonl", [make_record(i, 0, COUNTS, checkpoint="cifar10_resnet20_e50")
-                                             for i in range(3)])
-    (checkpoint_dir() / "a_first_by_name.pt").hardlink_to(checkpoint_dir() / "cifar10_resnet20_e50.pt")
+    default = checkpoint_dir() / "cifar10_resnet20_e50.pt"
+
+    def run(name: str, images: int, checkpoint: str, sha256: str) -> None:
+        write_records(results / name, [make_record(i, 0, COUNTS, checkpoint=checkpoint, checkpoint_sha256=sha256)
+                                       for i in range(images)])
+
+    run("a_other_model.jsonl", 5, "cifar10_resnet20_e100_ft", checkpoint_sha256(default))
+    run("b_short.jsonl", 2, "cifar10_resnet20_e50", checkpoint_sha256(default))
+    run("b_snapshot.jsonl", 9, "cifar10_resnet20_e50", "1" * 64)
+    run("c_main.jsonl", 3, "cifar10_resnet20_e50", checkpoint_sha256(default))
+    (checkpoint_dir() / "a_first_by_name.pt").hardlink_to(default)
     at = open_page("pages/accuracy.py")
     assert_clean(at)
     assert at.multiselect(key="acc-files").value == ["c_main.jsonl"]

@@ -171,9 +171,10 @@ def test_docstring_examples(module) -> None:
 
 
 def test_most_complete_run_picks_the_checkpoints_file_with_most_images_then_larger_n(tmp_path: Path) -> None:
-    def run(name: str, images: int, checkpoint: str, scale: int = 1) -> Path:
+    def run(name: str, images: int, checkpoint: str, scale: int = 1, **more: str) -> Path:
         counts = [c * scale for c in COUNTS]
-        return write_records(tmp_path / name, [make_record(i, 0, counts, checkpoint=checkpoint) for i in range(images)])
+        records = [make_record(i, 0, counts, checkpoint=checkpoint, **more) for i in range(images)]
+        return write_records(tmp_path / name, records)
 
     files = [run("a.jsonl", 9, "other"), run("b.jsonl", 2, "mine"), run("c.jsonl", 3, "mine"),
              run("d.jsonl", 3, "mine", scale=10)]
@@ -182,3 +183,6 @@ def test_most_complete_run_picks_the_checkpoints_file_with_most_images_then_larg
     assert most_complete_run([*files, corrupt], "mine") == tmp_path / "d.jsonl"  # 3 images, the larger n
     assert most_complete_run(files[:3], "mine") == tmp_path / "c.jsonl"
     assert most_complete_run(files, "absent") is None
+    snapshot = run("f.jsonl", 5, "mine", checkpoint_sha256="1" * 64)  # the most images, but another file's run
+    assert most_complete_run([*files, snapshot], "mine") == snapshot
+    assert most_complete_run([*files, snapshot], "mine", "0" * 64) == tmp_path / "d.jsonl"
