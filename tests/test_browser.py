@@ -80,8 +80,10 @@ def browser() -> Iterator[object]:
 
 
 def _wait_idle(page: object) -> None:
-    """Until the script run is over (Streamlit's running indicator gone) and plotly charts are drawn."""
-    page.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=SLOW)
+    """Until the script run is over and plotly charts are drawn. The run state is the app root's
+    ``data-test-script-state`` (Streamlit's running indicator appears only after a delay, so its absence does not
+    mean the run is over)."""
+    page.wait_for_selector("[data-testid=stApp][data-test-script-state=notRunning]", timeout=SLOW)
     charts = page.locator("[data-testid=stPlotlyChart]")
     for i in range(charts.count()):
         charts.nth(i).scroll_into_view_if_needed()
@@ -114,9 +116,10 @@ def test_small_certification_in_chromium(server, browser):
     done = page.locator("[data-testid=stProgress]").get_by_text("done in")
     done.wait_for(timeout=SLOW)  # the progress bar reached its end
     assert page.locator("[data-testid=stProgress] [role=progressbar]").get_attribute("aria-valuenow") == "100"
+    # The page is drawn top to bottom while the script runs: wait for each part of the new certificate (two clean-
+    # clone CI runs, waiting on the running indicator only, got here before the charts or the text were drawn).
     page.get_by_text("n = 400 · seed 0 · sampled now").wait_for(timeout=SLOW)
-    # The caption is drawn before the charts, and the running indicator may not have appeared yet, so wait for the
-    # new run's two charts themselves (a CI run once got here before they were drawn).
+    page.get_by_text("Jointly with confidence 99.8%").wait_for(timeout=SLOW)
     page.locator(".js-plotly-plot .main-svg").nth(1).wait_for(timeout=SLOW)
     _wait_idle(page)
     assert page.locator("[data-testid=stException]").count() == 0
