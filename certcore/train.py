@@ -404,6 +404,24 @@ def save_state(
         dist.barrier()
 
 
+def restore_generators(
+    gens: list[torch.Generator], states: list[torch.Tensor], seeds: list[int], position: dict[str, Any]
+) -> bool:
+    """Set ``gens`` to their saved ``states``; returns False when that is done exactly.
+
+    A state written on another device type (a CPU Mersenne Twister state against a CUDA Philox state: they differ
+    in size) cannot be set. Then generator i is reseeded from ``seeds[i]`` and the global step, so a run can move
+    between CPU and GPU (e.g. finish on a lent GPU) without repeating its earlier random draws; returns True.
+    """
+    if all(g.get_state().numel() == s.numel() for g, s in zip(gens, states, strict=True)):
+        for g, s in zip(gens, states, strict=True):
+            g.set_state(s)
+        return False
+    for g, seed in zip(gens, seeds, strict=True):  # 32-bit seeds: a CPU generator uses only the low 32 bits
+        g.manual_seed(int(np.random.SeedSequence([seed, position["global_step"]]).generate_state(1)[0]))
+    return True
+
+
 def load_state(args: argparse.Namespace) -> dict[str, Any]:
     """Read the resumable state from --state, or from --state-copy when --state does not exist."""
     for p in (args.state, args.state_copy):
@@ -534,8 +552,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         if args.lr_schedule == "cosine"
         else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     )
-    aug = torch.Generator(device=d.device).manual_seed(args.seed * 1000 + 2 * d.rank)
-    abl = torch.Generator(device=d.device).manual_seed(args.seed * 1000 + 2 * d.rank + 1)
+    first_seed = args.seed * 1000 + 2 * d.rank  # augmentation, then ablation
+    aug = torch.Generator(device=d.device).manual_seed(first_seed)
+    abl = torch.Generator(device=d.device).manual_seed(first_seed + 1)
     history: list[dict[str, Any]] = []
     epoch, step_in_epoch, global_step, elapsed = 0, 0, 0, 0.0
 
@@ -544,8 +563,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         opt.load_state_dict(saved_state["optimizer"])
         sched.load_state_dict(saved_state["scheduler"])
         rng_restore(saved_state["rng"])
-        aug.set_state(saved_state["generators"][d.rank][0])
-        abl.set_state(saved_state["generators"][d.rank][1])
+        moved = restore_generators(
+            [aug, abl], saved_state["generators"][d.rank], [first_seed, first_seed + 1], saved_state["position"]
+        )
         history = json.loads(saved_state["history"])
         pos = saved_state["position"]
         epoch, step_in_epoch, global_step, elapsed = (
@@ -555,6 +575,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             pos["elapsed_s"],
         )
         log(d, f"resumed at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch} (global step {global_step})")
+        if moved:
+            log(d, f"the state was written on another device type: augmentation and ablation generators on "
+                   f"{d.device.type} reseeded from (seed, global step); the run goes on, not bit-identical")
 
     state_paths = [p for p in (args.state, args.state_copy) if p]
     log(

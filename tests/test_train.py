@@ -210,3 +210,24 @@ def test_init_from_a_checkpoint_fine_tunes_it_at_another_e(cifar_root: Path, tmp
         train.build(train.parse_args(tiny_args(cifar_root, tmp_path, "--init", str(tmp_path / "none.pt"))), 10, cpu)
     with pytest.raises(SystemExit):
         train.parse_args(tiny_args(cifar_root, tmp_path, "--init", "imagenet-weights"))
+
+
+def test_generator_states_from_another_device_type_reseed_instead_of_failing() -> None:
+    """A CPU state restores exactly; a CUDA-sized (16-byte Philox) state cannot be set on a CPU generator, so the
+    generators are reseeded from their seeds and the step: different per generator and per step, reproducible."""
+    saved = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    for g in saved:
+        torch.rand(5, generator=g)
+    exact = [torch.Generator(), torch.Generator()]
+    assert not train.restore_generators(exact, [g.get_state() for g in saved], [10, 11], {"global_step": 7})
+    assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(exact, saved, strict=True))
+
+    cuda_like = [torch.zeros(16, dtype=torch.uint8)] * 2
+
+    def reseeded(step: int) -> list[float]:
+        gens = [torch.Generator(), torch.Generator()]
+        assert train.restore_generators(gens, cuda_like, [10, 11], {"global_step": step})
+        return [torch.rand(1, generator=g).item() for g in gens]
+
+    first = reseeded(7)
+    assert first == reseeded(7) and first[0] != first[1] and first != reseeded(8)

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# One call on a lent GPU machine (10 minutes at most, no network), run from the repository root:
+#   OUT=<folder that comes back> bash bench/gpu_session.sh
+# It needs .devdata/ beside the code: the offline files of ../shared/data that the runs read, with the CIFAR-10
+# training set xz-compressed (the call carries 64 MiB at most), and their SHA256SUMS. Make it with
+#   bash bench/gpu_session.sh --pack
+# In BUDGET seconds it runs, all at once on the one GPU:
+#   foreground  the CUDA tests, the GPU batch-size benchmark, then the n = 100,000 evaluation of the default
+#               checkpoint (resuming results/cifar10_resnet20_e50_n100000.jsonl);
+#   background  the distilled ResNet-20 finishing its 40 epochs from the committed state, then its n = 10,000 and
+#               n = 100,000 evaluations;
+#   background  the paper's recipe: ResNet-110, e = 50, 200 epochs, constant lr 0.01 (the randomized-ablation
+#               reference's), resumable, exported as an unfinished snapshot when the budget ends.
+# Evaluations and training states are resumable, so whatever the budget cuts off continues in a later call.
+# At most 8 files come back: the checkpoints, states and results under $OUT, and logs.tar.gz with every log.
+# A CPU dry run: DEVICE=cpu BUDGET=150 NUM_IMAGES=9 EXTRA_TRAIN="--train-limit 512 --val-size 64" \
+#   DISTILL_EXTRA="--stop-after-steps 1" OUT=/tmp/out bash bench/gpu_session.sh
+set -u
+REPO=$(pwd)
+if [ "${1:-}" = --pack ]; then
+  SHARED=${CERTCORE_SHARED_DATA:-$REPO/../shared/data}
+  mkdir -p .devdata
+  grep -qx "/.devdata/" .git/info/exclude 2>/dev/null || echo "/.devdata/" >>.git/info/exclude
+  xz -9e -T2 -c "$SHARED/cifar10/cifar10_train_jpeg.npz" >.devdata/cifar10_train_jpeg.npz.xz
+  cp "$SHARED/cifar10/cifar10_test_first1000_lossless.npz" "$SHARED"/checkpoints/*.th .devdata/
+  (cd "$SHARED" && sha256sum cifar10/cifar10_train_jpeg.npz cifar10/cifar10_test_first1000_lossless.npz \
+    checkpoints/*.th) >.devdata/SHA256SUMS
+  exit
+fi
+: "${OUT:?set OUT to the folder whose files come back}"
+DEVICE=${DEVICE:-cuda}
+BUDGET=${BUDGET:-390}            # seconds after the start at which the background runs are stopped
+NUM_IMAGES=${NUM_IMAGES:-500}
+BATCH=${BATCH:-10000}            # ablated samples per forward pass in the evaluations
+EXTRA_TRAIN=${EXTRA_TRAIN:-}     # extra options for the ResNet-110 run (dry runs)
+DISTILL_EXTRA=${DISTILL_EXTRA:-} # extra options for the distilled run (dry runs)
+W=/tmp/gpu_session
+rm -rf $W && mkdir -p $W "$OUT"
+START=$SECONDS
+left() { echo $((BUDGET - (SECONDS - START))); }
+log() { echo "[$((SECONDS - START)) s] $*" | tee -a $W/session.log; }
+export PYTHONUNBUFFERED=1
+set -m # each background run in its own process group, so that stopping it stops its children
+
+log "$(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | head -1)"
+python3 -c 'import torch, torchvision, scipy; print("torch", torch.__version__, "torchvision", torchvision.__version__,
+  "scipy", scipy.__version__, "cuda", torch.cuda.is_available())' >>$W/session.log 2>&1
+
+export CERTCORE_SHARED_DATA=$W/shared
+mkdir -p $CERTCORE_SHARED_DATA/cifar10 $CERTCORE_SHARED_DATA/checkpoints
+python3 - <<'EOF'
+import lzma, os, shutil
+dst = os.environ["CERTCORE_SHARED_DATA"]
+with lzma.open(".devdata/cifar10_train_jpeg.npz.xz") as f, open(f"{dst}/cifar10/cifar10_train_jpeg.npz", "wb") as g:
+    shutil.copyfileobj(f, g)
+shutil.copy(".devdata/cifar10_test_first1000_lossless.npz", f"{dst}/cifar10/")
+for name in os.listdir(".devdata"):
+    if name.endswith(".th"):
+        shutil.copy(f".devdata/{name}", f"{dst}/checkpoints/")
+EOF
+(cd $CERTCORE_SHARED_DATA && sha256sum -c "$REPO/.devdata/SHA256SUMS") >>$W/session.log 2>&1 || log "DATA CHECK FAILED"
+log "data unpacked"
+
+evaluate() { # seconds checkpoint n out
+  timeout "$1" python3 -m certcore.evaluate --dataset cifar10 --checkpoint "$2" --num-images "$NUM_IMAGES" \
+    --k 1 2 3 --n "$3" --alpha 0.001 --seed 0 --batch-size "$BATCH" --device "$DEVICE" --threads 2 --out "$4"
+}
+
+R110=(python3 -m certcore.train --dataset cifar10 --arch resnet110 --init none --e 50 --epochs 200 --batch-size 128
+  --lr 0.01 --lr-schedule constant --weight-decay 5e-4 --seed 0 --val-size 5000 --device "$DEVICE" --threads 2
+  --save-every-steps 100 --log-every 100 --out "$OUT/cifar10_resnet110_e50.pt"
+  --state "$OUT/cifar10_resnet110_e50.state.pt" $EXTRA_TRAIN)
+"${R110[@]}" >$W/r110_train.log 2>&1 &
+R110_PID=$!
+
+DISTILLED=$OUT/cifar10_resnet20_e50_distill56.pt
+(
+  python3 -m certcore.train --dataset cifar10 --arch resnet20 --e 50 --init clean-resnet20 --distill clean-resnet56 \
+    --epochs 40 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --seed 0 --val-size 5000 --device "$DEVICE" \
+    --threads 2 --save-every-steps 100 --out "$DISTILLED" --state $W/distill56.state.pt \
+    --state-copy checkpoints/state/cifar10_resnet20_e50_distill56.state.pt --resume $DISTILL_EXTRA \
+    >$W/distill_train.log 2>&1 &&
+    evaluate 3600 "$DISTILLED" 10000 "$OUT/cifar10_resnet20_e50_distill56_n10000.jsonl" >$W/distill_eval.log 2>&1 &&
+    evaluate 3600 "$DISTILLED" 100000 "$OUT/cifar10_resnet20_e50_distill56_n100000.jsonl" >>$W/distill_eval.log 2>&1
+) &
+DISTILL_PID=$!
+log "background runs started: ResNet-110 (pid $R110_PID), distilled ResNet-20 (pid $DISTILL_PID)"
+
+OMP_NUM_THREADS=4 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+  tests/test_train.py::test_cuda_training_smoke >$W/tests.log 2>&1
+log "CUDA tests: exit $? ($(tail -1 $W/tests.log))"
+
+timeout 90 python3 bench/bench_batch_size.py --device "$DEVICE" --threads 2 --rounds 3 --samples 100000 \
+  --sizes 1000 2500 5000 10000 20000 --reference 1000 >$W/bench_batch_size.log 2>&1
+log "batch-size benchmark: exit $?"
+
+DEFAULT_RESULTS=$OUT/cifar10_resnet20_e50_n100000.jsonl
+cp results/cifar10_resnet20_e50_n100000.jsonl "$DEFAULT_RESULTS"
+if [ "$(left)" -gt 10 ]; then
+  evaluate "$(left)" checkpoints/cifar10_resnet20_e50.pt 100000 "$DEFAULT_RESULTS" >$W/default_eval.log 2>&1
+  log "default n = 100,000: exit $?, $(wc -l <"$DEFAULT_RESULTS") images"
+fi
+
+while [ "$(left)" -gt 0 ]; do sleep 2; done
+for pid in $R110_PID $DISTILL_PID; do kill -TERM -- -$pid 2>/dev/null; done
+wait
+log "background runs stopped; distilled: $(ls "$OUT" | grep distill56 | tr '\n' ' ')"
+
+if [ -f "$OUT/cifar10_resnet110_e50.state.pt" ] && [ ! -f "$OUT/cifar10_resnet110_e50.pt" ]; then
+  timeout 120 "${R110[@]}" --resume --snapshot >>$W/r110_train.log 2>&1
+  log "ResNet-110 snapshot: exit $?"
+fi
+[ -f "$DISTILLED" ] || cp $W/distill56.state.pt "$OUT/" 2>/dev/null
+nvidia-smi >>$W/session.log 2>&1
+log "done"
+tar czf "$OUT/logs.tar.gz" -C $W $(cd $W && ls ./*.log)
