@@ -165,6 +165,13 @@ class Dist:
         return self.rank == 0
 
 
+def device_name(d: Dist) -> str:
+    """The training device as recorded: the GPU's name, or ``cpu (N threads)``."""
+    if d.device.type == "cuda":
+        return torch.cuda.get_device_name(d.device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
 def setup_distributed(device: str) -> Dist:
     """Pick the device; under torchrun (WORLD_SIZE > 1) join the process group (nccl on CUDA, gloo on CPU)."""
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -644,6 +651,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
                 "val_ablated_acc": val_acc,
                 "lr": sched.get_last_lr()[0],
                 "elapsed_s": round(elapsed + time.time() - session_start, 1),
+                "device": device_name(d),
             }
         )
         log(
@@ -695,9 +703,7 @@ def metadata(
     status: str,
 ) -> dict[str, Any]:
     """The checkpoint metadata record (see checkpoints/README.md)."""
-    device = (
-        torch.cuda.get_device_name(d.device) if d.device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    )
+    device = device_name(d)
     return {
         "dataset": args.dataset,
         "arch": args.arch,
