@@ -2,7 +2,7 @@
 
 Regenerate it (CPU, so the counts equal what the app computes on a CPU for the same inputs) with::
 
-    python -m certcore.default_result                      # checkpoints/cifar10_resnet20_e50.pt, app defaults
+    python -m certcore.default_result                      # checkpoints/cifar10_resnet20_e50_distill56.pt, app defaults
     python -m certcore.default_result --checkpoint PATH --image cifar10-test-0061 --n 100000
 
 The file records what produced it (checkpoint name and weights hash, image id, every parameter, the counts, the
@@ -29,7 +29,7 @@ from certcore.interactive import ProgressReporter, SampledCounts, sample_image
 FORMAT = "certcore-default-result-v1"
 DEFAULT_PATH = Path(__file__).with_name("default_certificate.json")
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CHECKPOINT = "cifar10_resnet20_e50.pt"
+DEFAULT_CHECKPOINT = "cifar10_resnet20_e50_distill56.pt"
 DEFAULT_IMAGE = "cifar10-test-0061"
 # The paper's k and alpha; n = 10,000 instead of its 100,000 so that a CPU run takes seconds, not minutes.
 APP_DEFAULTS = {"k": 3, "n": 10_000, "alpha": 0.001, "seed": 0}

@@ -16,8 +16,8 @@ from certcore.sampling import default_batch_size
 from certcore.summarize import summary_data
 from pages import _ui as ui
 
-EVALUATE_COMMAND = ("python -m certcore.evaluate --dataset cifar10 --checkpoint checkpoints/cifar10_resnet20_e50.pt "
-                    "\\\n    --n 100000 --alpha 0.001 --k 1 2 3 --out results/cifar10_resnet20_e50.jsonl")
+EVALUATE_COMMAND = (f"python -m certcore.evaluate --dataset cifar10 --checkpoint checkpoints/{DEFAULT_CHECKPOINT} "
+                    f"\\\n    --n 100000 --alpha 0.001 --k 1 2 3 --out results/{Path(DEFAULT_CHECKPOINT).stem}.jsonl")
 FILES = "acc-files"
 NEW_FILE = "acc-new-file"  # a live run's file, to select on the next run
 

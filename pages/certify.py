@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,8 @@ from pages import _ui as ui
 DATASETS = {"CIFAR10": "cifar10", "ImageNet": "imagenet"}  # shown (and in the URL) -> certcore's name
 TRAIN_COMMAND = {
     "cifar10": "python -m certcore.train --dataset cifar10 --arch resnet20 --e 50 --init clean-resnet20 \\\n"
-               f"    --out checkpoints/{DEFAULT_CHECKPOINT} --state runs/cifar10_resnet20_e50/state.pt",
+               "    --distill clean-resnet56 --epochs 40 --batch-size 128 --lr 0.05 --weight-decay 5e-4 \\\n"
+               f"    --out checkpoints/{DEFAULT_CHECKPOINT} --state runs/{Path(DEFAULT_CHECKPOINT).stem}/state.pt",
     "imagenet": "python -m certcore.train --dataset imagenet --arch resnet50 --e 1000 \\\n"
                 "    --data-root /path/to/imagenet/train --device cuda \\\n"
                 "    --out checkpoints/imagenet_resnet50_e1000.pt --state runs/imagenet_resnet50_e1000/state.pt",

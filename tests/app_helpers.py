@@ -9,6 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from certcore.checkpoints import save_checkpoint
 from certcore.data import class_names
+from certcore.default_result import DEFAULT_CHECKPOINT
 from certcore.models import build_model
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
@@ -16,11 +17,11 @@ TIMEOUT = 180  # seconds per script run: the first one imports torch and plotly 
 
 
 def write_checkpoint(folder: Path) -> Path:
-    """An untrained CIFAR10 ResNet-20 (e = 50) saved as a valid certcore checkpoint: fast to load and run."""
+    """An untrained CIFAR10 ResNet-20 (e = 50) saved under the default checkpoint's name: fast to load and run."""
     meta = {"dataset": "cifar10", "arch": "resnet20", "e": 50, "num_classes": 10,
             "class_names": class_names("cifar10"), "encoding": "levine-feizi-2c", "in_channels": 6,
             "device": "test fixture (untrained)"}
-    path = folder / "cifar10_resnet20_e50.pt"
+    path = folder / DEFAULT_CHECKPOINT
     save_checkpoint(path, build_model("resnet20", 10).eval(), meta)
     return path
 

@@ -33,6 +33,7 @@ from certcore import evaluate, train
 from certcore.certify import certificate_from_counts
 from certcore.checkpoints import save_checkpoint
 from certcore.data import bundled_samples, class_names
+from certcore.default_result import DEFAULT_CHECKPOINT
 from certcore.explain import certificate_json
 from certcore.interactive import sample_image
 from certcore.models import build_model
@@ -80,13 +81,13 @@ def evil_folder(tmp_path: Path) -> tuple[Path, Path]:
     folder.mkdir()
     marker = tmp_path / "payload-ran"
     torch.save({"metadata": json.dumps({**META, "format": "certcore-checkpoint-v1"}), "state_dict": {},
-                "extra": _Exploit(marker)}, folder / "cifar10_resnet20_e50.pt")
+                "extra": _Exploit(marker)}, folder / DEFAULT_CHECKPOINT)
     return folder, marker
 
 
 def test_malicious_checkpoint_is_refused_everywhere(evil_folder: tuple[Path, Path], monkeypatch, capsys) -> None:
     folder, marker = evil_folder
-    evil = folder / "cifar10_resnet20_e50.pt"
+    evil = folder / DEFAULT_CHECKPOINT
     # the evaluate command line
     with pytest.raises(SystemExit, match=r"unsafe pickle"):
         evaluate.main(["--checkpoint", str(evil), "--out", str(folder.parent / "x.jsonl"), "--n", "10"])
