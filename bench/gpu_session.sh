@@ -5,16 +5,17 @@
 # training set xz-compressed (the call carries 64 MiB at most), and their SHA256SUMS. Make it with
 #   bash bench/gpu_session.sh --pack
 # In BUDGET seconds it runs, all at once on the one GPU:
-#   foreground  the CUDA tests, the GPU batch-size benchmark, then the n = 100,000 evaluation of the default
-#               checkpoint (resuming results/cifar10_resnet20_e50_n100000.jsonl);
-#   background  the distilled ResNet-20 finishing its 40 epochs from the committed state, then its n = 10,000 and
-#               n = 100,000 evaluations;
+#   foreground  the CUDA tests (CHECKS=0 skips them) and the GPU batch-size benchmark, then the n = 10,000 and
+#               n = 100,000 evaluations of the default checkpoint (continuing results/NAME_n10000.jsonl, ...);
 #   background  the paper's recipe: ResNet-110, e = 50, 200 epochs, constant lr 0.01 (the randomized-ablation
-#               reference's), resumable, exported as an unfinished snapshot when the budget ends.
-# Evaluations and training states are resumable, so whatever the budget cuts off continues in a later call.
-# At most 8 files come back: the checkpoints, states and results under $OUT, and logs.tar.gz with every log.
-# A CPU dry run: DEVICE=cpu BUDGET=150 NUM_IMAGES=9 EXTRA_TRAIN="--train-limit 512 --val-size 64" \
-#   DISTILL_EXTRA="--stop-after-steps 1" OUT=/tmp/out bash bench/gpu_session.sh
+#               reference's), continuing checkpoints/state/cifar10_resnet110_e50.state.pt; once finished, its
+#               n = 100,000 evaluation. Stopped when the budget ends and exported as an unfinished snapshot.
+# Everything resumes, so whatever the budget cuts off continues in a later call: copy the files that come back into
+# results/ and checkpoints/ (state/ for the state). At most 8 files come back: checkpoint, state, results and
+# logs.tar.gz with every log. On 2026-11-26 an earlier version of this script (see git log) also finished the
+# distilled ResNet-20's training. A CPU dry run:
+#   DEVICE=cpu BUDGET=150 NUM_IMAGES=9 EXTRA_TRAIN="--train-limit 512 --val-size 64" OUT=/tmp/out \
+#   bash bench/gpu_session.sh
 set -u
 REPO=$(pwd)
 if [ "${1:-}" = --pack ]; then
@@ -33,7 +34,6 @@ BUDGET=${BUDGET:-390}            # seconds after the start at which the backgrou
 NUM_IMAGES=${NUM_IMAGES:-500}
 BATCH=${BATCH:-10000}            # ablated samples per forward pass in the evaluations
 EXTRA_TRAIN=${EXTRA_TRAIN:-}     # extra options for the ResNet-110 run (dry runs)
-DISTILL_EXTRA=${DISTILL_EXTRA:-} # extra options for the distilled run (dry runs)
 W=/tmp/gpu_session
 rm -rf $W && mkdir -p $W "$OUT"
 START=$SECONDS
@@ -66,51 +66,49 @@ evaluate() { # seconds checkpoint n out
     --k 1 2 3 --n "$3" --alpha 0.001 --seed 0 --batch-size "$BATCH" --device "$DEVICE" --threads 2 --out "$4"
 }
 
-R110=(python3 -m certcore.train --dataset cifar10 --arch resnet110 --init none --e 50 --epochs 200 --batch-size 128
-  --lr 0.01 --lr-schedule constant --weight-decay 5e-4 --seed 0 --val-size 5000 --device "$DEVICE" --threads 2
-  --save-every-steps 100 --log-every 100 --out "$OUT/cifar10_resnet110_e50.pt"
-  --state "$OUT/cifar10_resnet110_e50.state.pt" $EXTRA_TRAIN)
-"${R110[@]}" >$W/r110_train.log 2>&1 &
-R110_PID=$!
-
-DISTILLED=$OUT/cifar10_resnet20_e50_distill56.pt
+DEFAULT=$(python3 -c "from certcore.default_result import DEFAULT_CHECKPOINT as D; print(D.removesuffix('.pt'))")
+R110=cifar10_resnet110_e50
+# Each run continues from what the repository holds: results files and the ResNet-110 state.
+for f in results/${DEFAULT}_n10000.jsonl results/${DEFAULT}_n100000.jsonl results/${R110}_n100000.jsonl \
+  checkpoints/state/$R110.state.pt; do
+  [ -f "$f" ] && cp "$f" "$OUT/"
+done
+R110_TRAIN=(python3 -m certcore.train --dataset cifar10 --arch resnet110 --init none --e 50 --epochs 200
+  --batch-size 128 --lr 0.01 --lr-schedule constant --weight-decay 5e-4 --seed 0 --val-size 5000 --device "$DEVICE"
+  --threads 2 --save-every-steps 100 --log-every 100 --out "$OUT/$R110.pt" --state "$OUT/$R110.state.pt"
+  $EXTRA_TRAIN)
+R110_RESUME=$([ -f "$OUT/$R110.state.pt" ] && echo --resume)
 (
-  python3 -m certcore.train --dataset cifar10 --arch resnet20 --e 50 --init clean-resnet20 --distill clean-resnet56 \
-    --epochs 40 --batch-size 128 --lr 0.05 --weight-decay 5e-4 --seed 0 --val-size 5000 --device "$DEVICE" \
-    --threads 2 --save-every-steps 100 --out "$DISTILLED" --state $W/distill56.state.pt \
-    --state-copy checkpoints/state/cifar10_resnet20_e50_distill56.state.pt --resume $DISTILL_EXTRA \
-    >$W/distill_train.log 2>&1 &&
-    evaluate 3600 "$DISTILLED" 10000 "$OUT/cifar10_resnet20_e50_distill56_n10000.jsonl" >$W/distill_eval.log 2>&1 &&
-    evaluate 3600 "$DISTILLED" 100000 "$OUT/cifar10_resnet20_e50_distill56_n100000.jsonl" >>$W/distill_eval.log 2>&1
+  "${R110_TRAIN[@]}" $R110_RESUME >$W/r110_train.log 2>&1 &&
+    python3 -c "import sys; from certcore.checkpoints import load_checkpoint as L
+sys.exit(L(sys.argv[1])[1]['training']['status'] != 'finished')" "$OUT/$R110.pt" &&
+    evaluate 3600 "$OUT/$R110.pt" 100000 "$OUT/${R110}_n100000.jsonl" >$W/r110_eval.log 2>&1
 ) &
-DISTILL_PID=$!
-log "background runs started: ResNet-110 (pid $R110_PID), distilled ResNet-20 (pid $DISTILL_PID)"
+R110_PID=$!
+log "ResNet-110 training started (pid $R110_PID)"
 
-OMP_NUM_THREADS=4 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
-  tests/test_train.py::test_cuda_training_smoke >$W/tests.log 2>&1
-log "CUDA tests: exit $? ($(tail -1 $W/tests.log))"
-
-timeout 90 python3 bench/bench_batch_size.py --device "$DEVICE" --threads 2 --rounds 3 --samples 100000 \
-  --sizes 1000 2500 5000 10000 20000 --reference 1000 >$W/bench_batch_size.log 2>&1
-log "batch-size benchmark: exit $?"
-
-DEFAULT_RESULTS=$OUT/cifar10_resnet20_e50_n100000.jsonl
-cp results/cifar10_resnet20_e50_n100000.jsonl "$DEFAULT_RESULTS"
-if [ "$(left)" -gt 10 ]; then
-  evaluate "$(left)" checkpoints/cifar10_resnet20_e50.pt 100000 "$DEFAULT_RESULTS" >$W/default_eval.log 2>&1
-  log "default n = 100,000: exit $?, $(wc -l <"$DEFAULT_RESULTS") images"
+if [ "${CHECKS:-1}" = 1 ]; then # CHECKS=0: a call that only continues the runs
+  OMP_NUM_THREADS=4 timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py \
+    tests/test_train.py::test_cuda_training_smoke >$W/tests.log 2>&1
+  log "CUDA tests: exit $? ($(tail -1 $W/tests.log))"
+  timeout 90 python3 bench/bench_batch_size.py --device "$DEVICE" --threads 2 --rounds 3 --samples 100000 \
+    --sizes 1000 2500 5000 10000 20000 --reference 1000 >$W/bench_batch_size.log 2>&1
+  log "batch-size benchmark: exit $?"
 fi
+
+for n in 10000 100000; do
+  [ "$(left)" -gt 10 ] || break
+  evaluate "$(left)" "checkpoints/$DEFAULT.pt" $n "$OUT/${DEFAULT}_n$n.jsonl" >>$W/default_eval.log 2>&1
+  log "$DEFAULT, n = $n: exit $?, $(wc -l <"$OUT/${DEFAULT}_n$n.jsonl") images"
+done
 
 while [ "$(left)" -gt 0 ]; do sleep 2; done
-for pid in $R110_PID $DISTILL_PID; do kill -TERM -- -$pid 2>/dev/null; done
+kill -TERM -- -$R110_PID 2>/dev/null
 wait
-log "background runs stopped; distilled: $(ls "$OUT" | grep distill56 | tr '\n' ' ')"
-
-if [ -f "$OUT/cifar10_resnet110_e50.state.pt" ] && [ ! -f "$OUT/cifar10_resnet110_e50.pt" ]; then
-  timeout 120 "${R110[@]}" --resume --snapshot >>$W/r110_train.log 2>&1
+if [ -f "$OUT/$R110.state.pt" ] && [ ! -f "$OUT/$R110.pt" ]; then
+  timeout 120 "${R110_TRAIN[@]}" --resume --snapshot >>$W/r110_train.log 2>&1
   log "ResNet-110 snapshot: exit $?"
 fi
-[ -f "$DISTILLED" ] || cp $W/distill56.state.pt "$OUT/" 2>/dev/null
 nvidia-smi >>$W/session.log 2>&1
 log "done"
 tar czf "$OUT/logs.tar.gz" -C $W $(cd $W && ls ./*.log)
