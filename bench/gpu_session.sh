@@ -2,7 +2,8 @@
 # One call on a lent GPU machine (10 minutes at most, no network), run from the repository root:
 #   OUT=<folder that comes back> bash bench/gpu_session.sh
 # It needs .devdata/ beside the code: the offline files of ../shared/data that the runs read, with the CIFAR-10
-# training set xz-compressed (the call carries 64 MiB at most), and their SHA256SUMS. Make it with
+# training set xz-compressed (the call carries 64 MiB at most: the tracked files are 40 MiB, .devdata 18 MiB), and
+# their SHA256SUMS. Make it with
 #   bash bench/gpu_session.sh --pack
 # In BUDGET seconds it runs, all at once on the one GPU:
 #   foreground  the CUDA tests (CHECKS=0 skips them) and the GPU batch-size benchmark, then the n = 10,000 and
@@ -23,9 +24,9 @@ if [ "${1:-}" = --pack ]; then
   mkdir -p .devdata
   grep -qx "/.devdata/" .git/info/exclude 2>/dev/null || echo "/.devdata/" >>.git/info/exclude
   xz -9e -T2 -c "$SHARED/cifar10/cifar10_train_jpeg.npz" >.devdata/cifar10_train_jpeg.npz.xz
-  cp "$SHARED/cifar10/cifar10_test_first1000_lossless.npz" "$SHARED"/checkpoints/*.th .devdata/
-  (cd "$SHARED" && sha256sum cifar10/cifar10_train_jpeg.npz cifar10/cifar10_test_first1000_lossless.npz \
-    checkpoints/*.th) >.devdata/SHA256SUMS
+  cp "$SHARED/cifar10/cifar10_test_first1000_lossless.npz" .devdata/
+  (cd "$SHARED" && sha256sum cifar10/cifar10_train_jpeg.npz cifar10/cifar10_test_first1000_lossless.npz) \
+    >.devdata/SHA256SUMS
   exit
 fi
 : "${OUT:?set OUT to the folder whose files come back}"
@@ -54,9 +55,6 @@ dst = os.environ["CERTCORE_SHARED_DATA"]
 with lzma.open(".devdata/cifar10_train_jpeg.npz.xz") as f, open(f"{dst}/cifar10/cifar10_train_jpeg.npz", "wb") as g:
     shutil.copyfileobj(f, g)
 shutil.copy(".devdata/cifar10_test_first1000_lossless.npz", f"{dst}/cifar10/")
-for name in os.listdir(".devdata"):
-    if name.endswith(".th"):
-        shutil.copy(f".devdata/{name}", f"{dst}/checkpoints/")
 EOF
 (cd $CERTCORE_SHARED_DATA && sha256sum -c "$REPO/.devdata/SHA256SUMS") >>$W/session.log 2>&1 || log "DATA CHECK FAILED"
 log "data unpacked"
