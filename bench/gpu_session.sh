@@ -64,7 +64,7 @@ evaluate() { # seconds checkpoint n out
     --k 1 2 3 --n "$3" --alpha 0.001 --seed 0 --batch-size "$BATCH" --device "$DEVICE" --threads 2 --out "$4"
 }
 
-DEFAULT=$(python3 -c "from certcore.default_result import DEFAULT_CHECKPOINT as D; print(D.removesuffix('.pt'))")
+DEFAULT=$(python3 -c "from certcore.default_result import DEFAULT_NAME; print(DEFAULT_NAME)")
 R110=cifar10_resnet110_e50
 # Each run continues from what the repository holds: results files and the ResNet-110 state.
 for f in results/${DEFAULT}_n10000.jsonl results/${DEFAULT}_n100000.jsonl results/${R110}_n100000.jsonl \

@@ -30,6 +30,7 @@ FORMAT = "certcore-default-result-v1"
 DEFAULT_PATH = Path(__file__).with_name("default_certificate.json")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CHECKPOINT = "cifar10_resnet20_e50_distill56.pt"
+DEFAULT_NAME = Path(DEFAULT_CHECKPOINT).stem  # how results files and checkpoint pickers name it
 DEFAULT_IMAGE = "cifar10-test-0061"
 # The paper's k and alpha; n = 10,000 instead of its 100,000 so that a CPU run takes seconds, not minutes.
 APP_DEFAULTS = {"k": 3, "n": 10_000, "alpha": 0.001, "seed": 0}
@@ -38,8 +39,7 @@ APP_DEFAULTS = {"k": 3, "n": 10_000, "alpha": 0.001, "seed": 0}
 def default_checkpoint_first(names: Iterable[str]) -> list[str]:
     """Checkpoint names (file names without ``.pt``) with ``DEFAULT_CHECKPOINT``'s first, the others in their
     order: what a checkpoint picker preselects, whatever other files sort before it."""
-    default = Path(DEFAULT_CHECKPOINT).stem
-    return sorted(names, key=lambda name: name != default)
+    return sorted(names, key=lambda name: name != DEFAULT_NAME)
 
 
 def checkpoint_dir() -> Path:

@@ -412,7 +412,7 @@ def save_state(
 
 
 def restore_generators(
-    gens: list[torch.Generator], states: list[torch.Tensor], seeds: list[int], position: dict[str, Any]
+    gens: list[torch.Generator], states: list[torch.Tensor], seeds: list[int], global_step: int
 ) -> bool:
     """Set ``gens`` to their saved ``states``; returns False when that is done exactly.
 
@@ -425,7 +425,7 @@ def restore_generators(
             g.set_state(s)
         return False
     for g, seed in zip(gens, seeds, strict=True):  # 32-bit seeds: a CPU generator uses only the low 32 bits
-        g.manual_seed(int(np.random.SeedSequence([seed, position["global_step"]]).generate_state(1)[0]))
+        g.manual_seed(int(np.random.SeedSequence([seed, global_step]).generate_state(1)[0]))
     return True
 
 
@@ -570,9 +570,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         opt.load_state_dict(saved_state["optimizer"])
         sched.load_state_dict(saved_state["scheduler"])
         rng_restore(saved_state["rng"])
-        moved = restore_generators(
-            [aug, abl], saved_state["generators"][d.rank], [first_seed, first_seed + 1], saved_state["position"]
-        )
         history = json.loads(saved_state["history"])
         pos = saved_state["position"]
         epoch, step_in_epoch, global_step, elapsed = (
@@ -581,6 +578,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
             pos["global_step"],
             pos["elapsed_s"],
         )
+        gen_states = saved_state["generators"][d.rank]
+        moved = restore_generators([aug, abl], gen_states, [first_seed, first_seed + 1], global_step)
         log(d, f"resumed at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch} (global step {global_step})")
         if moved:
             log(d, f"the state was written on another device type: augmentation and ablation generators on "

@@ -7,7 +7,13 @@ from pathlib import Path
 import streamlit as st
 
 from certcore.checkpoints import checkpoint_sha256
-from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir, default_checkpoint_first, results_dir
+from certcore.default_result import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_NAME,
+    checkpoint_dir,
+    default_checkpoint_first,
+    results_dir,
+)
 from certcore.evaluate import EvaluationError, open_image_source
 from certcore.figures import accuracy_runs_figure
 from certcore.interactive import ProgressReporter, evaluate_images
@@ -17,7 +23,7 @@ from certcore.summarize import summary_data
 from pages import _ui as ui
 
 EVALUATE_COMMAND = (f"python -m certcore.evaluate --dataset cifar10 --checkpoint checkpoints/{DEFAULT_CHECKPOINT} "
-                    f"\\\n    --n 100000 --alpha 0.001 --k 1 2 3 --out results/{Path(DEFAULT_CHECKPOINT).stem}.jsonl")
+                    f"\\\n    --n 100000 --alpha 0.001 --k 1 2 3 --out results/{DEFAULT_NAME}.jsonl")
 FILES = "acc-files"
 NEW_FILE = "acc-new-file"  # a live run's file, to select on the next run
 
@@ -30,7 +36,7 @@ def curves(files: list[Path]) -> None:
     if FILES not in st.session_state:  # first visit: the default checkpoint's most complete run
         default = checkpoint_dir() / DEFAULT_CHECKPOINT
         sha256 = checkpoint_sha256(default) if default.is_file() else None
-        main = most_complete_run(files, default.stem, sha256)
+        main = most_complete_run(files, DEFAULT_NAME, sha256)
         st.session_state[FILES] = [main.name] if main else names[:1]
     chosen = st.multiselect("Results files", names, key=FILES,
                             help=f"JSON-lines files of `python -m certcore.evaluate` in `{results_dir()}`.")

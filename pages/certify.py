@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +16,7 @@ from certcore.data import class_names, load_uploaded_image
 from certcore.default_result import (
     APP_DEFAULTS,
     DEFAULT_CHECKPOINT,
+    DEFAULT_NAME,
     DefaultResult,
     checkpoint_dir,
     default_checkpoint_first,
@@ -31,7 +31,7 @@ DATASETS = {"CIFAR10": "cifar10", "ImageNet": "imagenet"}  # shown (and in the U
 TRAIN_COMMAND = {
     "cifar10": "python -m certcore.train --dataset cifar10 --arch resnet20 --e 50 --init clean-resnet20 \\\n"
                "    --distill clean-resnet56 --epochs 40 --batch-size 128 --lr 0.05 --weight-decay 5e-4 \\\n"
-               f"    --out checkpoints/{DEFAULT_CHECKPOINT} --state runs/{Path(DEFAULT_CHECKPOINT).stem}/state.pt",
+               f"    --out checkpoints/{DEFAULT_CHECKPOINT} --state runs/{DEFAULT_NAME}/state.pt",
     "imagenet": "python -m certcore.train --dataset imagenet --arch resnet50 --e 1000 \\\n"
                 "    --data-root /path/to/imagenet/train --device cuda \\\n"
                 "    --out checkpoints/imagenet_resnet50_e1000.pt --state runs/imagenet_resnet50_e1000/state.pt",

@@ -10,7 +10,7 @@ import pytest
 import certcore.interactive
 from certcore.checkpoints import save_checkpoint
 from certcore.data import class_names
-from certcore.default_result import DEFAULT_CHECKPOINT, load_default
+from certcore.default_result import DEFAULT_NAME, load_default
 from certcore.models import build_model
 from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
 
@@ -120,6 +120,5 @@ def test_the_default_checkpoint_is_preselected_whatever_the_other_names(sampling
     at = open_page()
     assert_clean(at)
     picker = at.selectbox(key="checkpoint")
-    default = Path(DEFAULT_CHECKPOINT).stem
-    assert picker.value == default and set(picker.options) == {default, "cifar10_resnet20_e100_ft"}
+    assert picker.value == DEFAULT_NAME and set(picker.options) == {DEFAULT_NAME, "cifar10_resnet20_e100_ft"}
     assert "stored result" in texts(at) and sampling_calls == []

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from certcore.checkpoints import checkpoint_sha256
-from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir, results_dir
+from certcore.default_result import DEFAULT_CHECKPOINT, DEFAULT_NAME, checkpoint_dir, results_dir
 from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
 from tests.test_results import COUNTS, make_record, write_records
 
@@ -58,10 +56,9 @@ def test_accuracy_page_without_results_explains_and_runs_live(shared_data):
     at.number_input(key="acc-n").set_value(100)
     at.button(key="FormSubmitter:acc-live-Evaluate").click().run()
     assert_clean(at)
-    default = Path(DEFAULT_CHECKPOINT).stem
-    assert at.multiselect(key="acc-files").value == [f"live_{default}_n100_a0.001_s0.jsonl"]
+    assert at.multiselect(key="acc-files").value == [f"live_{DEFAULT_NAME}_n100_a0.001_s0.jsonl"]
     figure = at.get("plotly_chart")[0].proto.spec
-    assert f"top-1 · {default} · n=100 · α=0.001 · 2 images" in figure and "paper Table 1" in figure
+    assert f"top-1 · {DEFAULT_NAME} · n=100 · α=0.001 · 2 images" in figure and "paper Table 1" in figure
 
 
 def test_accuracy_page_opens_on_the_default_checkpoints_most_complete_run():
@@ -77,15 +74,15 @@ def test_accuracy_page_opens_on_the_default_checkpoints_most_complete_run():
                                        for i in range(images)])
 
     run("a_other_model.jsonl", 5, "cifar10_resnet20_e100_ft", checkpoint_sha256(default))
-    run("b_short.jsonl", 2, default.stem, checkpoint_sha256(default))
-    run("b_snapshot.jsonl", 9, default.stem, "1" * 64)
-    run("c_main.jsonl", 3, default.stem, checkpoint_sha256(default))
+    run("b_short.jsonl", 2, DEFAULT_NAME, checkpoint_sha256(default))
+    run("b_snapshot.jsonl", 9, DEFAULT_NAME, "1" * 64)
+    run("c_main.jsonl", 3, DEFAULT_NAME, checkpoint_sha256(default))
     (checkpoint_dir() / "a_first_by_name.pt").hardlink_to(default)
     at = open_page("pages/accuracy.py")
     assert_clean(at)
     assert at.multiselect(key="acc-files").value == ["c_main.jsonl"]
-    assert at.selectbox(key="acc-ckpt").value == default.stem
-    assert at.selectbox(key="acc-ckpt").options == [default.stem, "a_first_by_name"]
+    assert at.selectbox(key="acc-ckpt").value == DEFAULT_NAME
+    assert at.selectbox(key="acc-ckpt").options == [DEFAULT_NAME, "a_first_by_name"]
 
 
 def test_learn_toy_is_exact_and_shows_tightness():

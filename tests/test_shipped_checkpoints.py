@@ -18,7 +18,7 @@ import torch
 from certcore import train
 from certcore.checkpoints import list_checkpoints, load_checkpoint
 from certcore.data import ImageSet, bundled_samples, cifar10_offline, class_names, evaluation_indices
-from certcore.default_result import DEFAULT_CHECKPOINT
+from certcore.default_result import DEFAULT_NAME
 
 SHIPPED = list_checkpoints(Path(__file__).resolve().parents[1] / "checkpoints")
 CPU = train.Dist(0, 1, torch.device("cpu"))
@@ -33,7 +33,7 @@ def bundled_cifar10() -> ImageSet:
 
 def test_checkpoints_are_shipped() -> None:
     names = [c.name for c in SHIPPED]
-    assert Path(DEFAULT_CHECKPOINT).stem in names and "cifar10_resnet20_e50" in names
+    assert DEFAULT_NAME in names and "cifar10_resnet20_e50" in names
 
 
 @pytest.mark.parametrize("info", SHIPPED, ids=[c.name for c in SHIPPED])

@@ -219,14 +219,14 @@ def test_generator_states_from_another_device_type_reseed_instead_of_failing() -
     for g in saved:
         torch.rand(5, generator=g)
     exact = [torch.Generator(), torch.Generator()]
-    assert not train.restore_generators(exact, [g.get_state() for g in saved], [10, 11], {"global_step": 7})
+    assert not train.restore_generators(exact, [g.get_state() for g in saved], [10, 11], 7)
     assert all(torch.equal(a.get_state(), b.get_state()) for a, b in zip(exact, saved, strict=True))
 
     cuda_like = [torch.zeros(16, dtype=torch.uint8)] * 2
 
     def reseeded(step: int) -> list[float]:
         gens = [torch.Generator(), torch.Generator()]
-        assert train.restore_generators(gens, cuda_like, [10, 11], {"global_step": step})
+        assert train.restore_generators(gens, cuda_like, [10, 11], step)
         return [torch.rand(1, generator=g).item() for g in gens]
 
     first = reseeded(7)
