@@ -1,16 +1,16 @@
 """Choose the CPU-first CIFAR-10 base classifier (e = 50) by measurement: for each candidate, (a) CPU inference
 samples/s of the ablated model and (b) single-ablation accuracy after the same fixed training budget.
 
-(b) Every candidate is trained by ``certcore.train.main`` (no second training loop) with the same budget: the same
-number of epochs over the same training images (by default the offline 45,000-image JPEG training split), batch, peak
-lr, seed 0 and schedule shape (cosine over the budget's steps unless the candidate says otherwise). A candidate is a
-name and the trainer options that make it (architecture, init, distillation, lr schedule). Its accuracy is measured on
-held-out data only, never on the 500 evaluation images (test images 0, 2, ..., 998; the trainer still computes that
+(b) Every candidate is trained by ``certcore.models.training.main`` (no second training loop) with the same budget: the
+same number of epochs over the same training images (by default the offline 45,000-image JPEG training split), batch,
+peak lr, seed 0 and schedule shape (cosine over the budget's steps unless the candidate says otherwise). A candidate is
+a name and the trainer options that make it (architecture, init, distillation, lr schedule). Its accuracy is measured
+on held-out data only, never on the 500 evaluation images (test images 0, 2, ..., 998; the trainer still computes that
 number into the candidate's checkpoint, this script neither reads nor reports it):
   * the validation split (last ``--val-size`` training images, JPEG like the training images);
   * test images 1, 3, ..., 999 twice, as exact pixels and as their JPEG (q75) versions: on the same images, the
     difference is the JPEG shift between the JPEG training data and the exact pixels the app certifies.
-(a) The trained model is timed on the path certification takes (``certcore.sampling.sample_counts``: masks drawn
+(a) The trained model is timed on the path certification takes (``certcore.engine.sampling.sample_counts``: masks drawn
 in one shot, encoding fed channels_last, ``torch.inference_mode``), one batch per candidate per round, the order
 rotating every round so that load changes on a shared machine hit every candidate alike; medians are reported.
 
@@ -41,10 +41,10 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from certcore import train  # noqa: E402
-from certcore.checkpoints import load_checkpoint  # noqa: E402
-from certcore.data import ImageSet, cifar10_offline, shared_data_dir  # noqa: E402
-from certcore.sampling import default_batch_size, describe_device, sample_counts  # noqa: E402
+from certcore.engine.sampling import default_batch_size, describe_device, sample_counts  # noqa: E402
+from certcore.models import training as train  # noqa: E402
+from certcore.models.checkpoints import load_checkpoint  # noqa: E402
+from certcore.models.data import ImageSet, cifar10_offline, shared_data_dir  # noqa: E402
 
 CLEAN20 = ("--arch", "resnet20", "--init", "clean-resnet20")
 CANDIDATES: dict[str, tuple[str, ...]] = {
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "samples": args.batch,
             "batch_size": default_batch_size(CPU),
             "rounds": args.rounds,
-            "path": "certcore.sampling.sample_counts",
+            "path": "certcore.engine.sampling.sample_counts",
         },
         "candidates": rows,
     }

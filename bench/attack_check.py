@@ -1,8 +1,8 @@
 """Empirical l0 attack check: try to break certified CIFAR-10 images with greedy pixel attacks.
 
 For each bundled CIFAR-10 sample the smoothed classifier gets right, certify its true label in the top-k from n
-ablated samples (the same SimuEM bounds and Theorem 1 radius as ``certcore.certify``), then attack it: change up to
-m pixels to extreme colours (each channel 0 or 1), m in {r, 2r, 5r, 20r, 100} for the certified radius r.
+ablated samples (the same SimuEM bounds and Theorem 1 radius as ``certcore.engine.certificate``), then attack it:
+change up to m pixels to extreme colours (each channel 0 or 1), m in {r, 2r, 5r, 20r, 100} for the certified radius r.
 
 Attack (greedy, on the smoothed classifier itself): a fixed set of ``--n-attack`` ablation masks stands in for the
 smoothed classifier. One pixel at a time, up to ``--exact-pixels`` pixels, the next pixel and colour are the
@@ -44,13 +44,13 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import certcore  # noqa: E402
-from certcore.ablation import draw_keep_masks, encode_ablated  # noqa: E402
-from certcore.certify import certificate_from_counts, top_k_labels  # noqa: E402
-from certcore.checkpoints import checkpoint_sha256, load_checkpoint  # noqa: E402
-from certcore.data import bundled_samples  # noqa: E402
-from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
-from certcore.models import build_model  # noqa: E402
-from certcore.sampling import describe_device  # noqa: E402
+from certcore.engine.ablation import draw_keep_masks, encode_ablated  # noqa: E402
+from certcore.engine.certificate import certificate_from_counts, top_k_labels  # noqa: E402
+from certcore.engine.sampling import describe_device  # noqa: E402
+from certcore.models.architectures import build_model  # noqa: E402
+from certcore.models.checkpoints import checkpoint_sha256, load_checkpoint  # noqa: E402
+from certcore.models.data import bundled_samples  # noqa: E402
+from certcore.views.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
 
 BUDGETS = ("r", "2r", "5r", "20r", "100")
 
@@ -359,7 +359,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="certcore checkpoint (default: the app's default CIFAR-10 checkpoint)")
-    src.add_argument("--state", help="a training state file (certcore.train --state): attack its current weights")
+    src.add_argument("--state", help="a training state file (python -m certcore.train --state): attack its weights")
     p.add_argument("--images", type=int, default=6, help="certified images to attack")
     p.add_argument("--k", type=int, default=1, help="top-k certified and attacked")
     p.add_argument("--n", type=int, default=1000, help="samples to certify and to judge each attack")

@@ -20,10 +20,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from certcore.checkpoints import load_checkpoint  # noqa: E402
-from certcore.data import bundled_samples  # noqa: E402
-from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
-from certcore.sampling import describe_device, sample_counts  # noqa: E402
+from certcore.engine.sampling import describe_device, sample_counts  # noqa: E402
+from certcore.models.checkpoints import load_checkpoint  # noqa: E402
+from certcore.models.data import bundled_samples  # noqa: E402
+from certcore.views.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
 
 CHECKPOINT = checkpoint_dir() / DEFAULT_CHECKPOINT
 

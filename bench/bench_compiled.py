@@ -1,4 +1,4 @@
-"""Benchmark: seconds to sample n = 10,000 ablations of one image: eager, compiled (certcore.compiled), and
+"""Benchmark: seconds to sample n = 10,000 ablations of one image: eager, compiled (certcore.engine.compiled), and
 compiled with 2 workers (two batches classified at once, ``sample_counts``'s CPU default on 2 threads).
 
 This is issue 5's speed goal for the default checkpoint: certify n = 10,000 in <= 10 s per image on the CPU.
@@ -23,11 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from certcore.checkpoints import load_checkpoint  # noqa: E402
-from certcore.compiled import compile_for_cpu  # noqa: E402
-from certcore.data import bundled_samples  # noqa: E402
-from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
-from certcore.sampling import CPU_BATCH_SIZE, describe_device, sample_counts  # noqa: E402
+from certcore.engine.compiled import compile_for_cpu  # noqa: E402
+from certcore.engine.sampling import CPU_BATCH_SIZE, describe_device, sample_counts  # noqa: E402
+from certcore.models.checkpoints import load_checkpoint  # noqa: E402
+from certcore.models.data import bundled_samples  # noqa: E402
+from certcore.views.default_result import DEFAULT_CHECKPOINT, checkpoint_dir  # noqa: E402
 
 CHECKPOINT = checkpoint_dir() / DEFAULT_CHECKPOINT
 

@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from certcore import certified_radius, simuem_bounds  # noqa: E402
-from certcore.radius import _grid  # noqa: E402
+from certcore.math.radius import _grid  # noqa: E402
 from tests.eq6_reference import reference_radius  # noqa: E402
 
 

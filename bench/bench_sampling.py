@@ -1,10 +1,10 @@
 """Benchmark: sample_counts against (a) the bare model forward on pre-made encodings, (b) a re-implementation of
 the randomized-ablation reference sampling loop and (c) a per-sample CPU randperm loop, side by side in one run.
 
-ResNet-20 (certcore.models, untrained: the forward costs the same), CIFAR-size image 3x32x32, e = 50, batch 1000.
-sample_counts is given num_classes, as certify passes it (otherwise it reads c from one extra 1-image forward).
-Each round times one batch of every variant back to back (rotating order), so a noisy shared machine hits all of
-them alike; ratios are taken within a round and their median is reported.
+ResNet-20 (certcore.models.architectures, untrained: the forward costs the same), CIFAR-size image 3x32x32, e = 50,
+batch 1000. sample_counts is given num_classes, as certify passes it (otherwise it reads c from one extra 1-image
+forward). Each round times one batch of every variant back to back (rotating order), so a noisy shared machine hits all
+of them alike; ratios are taken within a round and their median is reported.
 
     python bench/bench_sampling.py [--rounds 10] [--batch 1000]
 
@@ -30,9 +30,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from certcore.ablation import draw_keep_masks, encode_ablated  # noqa: E402
-from certcore.models import build_model  # noqa: E402
-from certcore.sampling import describe_device, sample_counts  # noqa: E402
+from certcore.engine.ablation import draw_keep_masks, encode_ablated  # noqa: E402
+from certcore.engine.sampling import describe_device, sample_counts  # noqa: E402
+from certcore.models.architectures import build_model  # noqa: E402
 
 C, H, W, E, CLASSES = 3, 32, 32, 50, 10
 D = H * W

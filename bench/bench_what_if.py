@@ -24,11 +24,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from certcore.certify import certificate_from_counts  # noqa: E402
-from certcore.data import class_names  # noqa: E402
-from certcore.explain import bound_rows, curve_range, curves_for, radius_rows, reading  # noqa: E402
-from certcore.figures import counts_figure, curves_figure, sweep_figure  # noqa: E402
-from certcore.sweeps import (  # noqa: E402
+from certcore.engine.certificate import certificate_from_counts  # noqa: E402
+from certcore.models.data import class_names  # noqa: E402
+from certcore.views.explain import bound_rows, curve_range, curves_for, radius_rows, reading  # noqa: E402
+from certcore.views.figures import counts_figure, curves_figure, sweep_figure  # noqa: E402
+from certcore.views.sweeps import (  # noqa: E402
     default_grids,
     example_counts,
     radius_vs_alpha,

@@ -64,7 +64,7 @@ evaluate() { # seconds checkpoint n out
     --k 1 2 3 --n "$3" --alpha 0.001 --seed 0 --batch-size "$BATCH" --device "$DEVICE" --threads 2 --out "$4"
 }
 
-DEFAULT=$(python3 -c "from certcore.default_result import DEFAULT_NAME; print(DEFAULT_NAME)")
+DEFAULT=$(python3 -c "from certcore.views.default_result import DEFAULT_NAME; print(DEFAULT_NAME)")
 R110=cifar10_resnet110_e50
 # Each run continues from what the repository holds: results files and the ResNet-110 state.
 for f in results/${DEFAULT}_n10000.jsonl results/${DEFAULT}_n100000.jsonl results/${R110}_n100000.jsonl \
@@ -78,7 +78,7 @@ R110_TRAIN=(python3 -m certcore.train --dataset cifar10 --arch resnet110 --init 
 R110_RESUME=$([ -f "$OUT/$R110.state.pt" ] && echo --resume)
 (
   "${R110_TRAIN[@]}" $R110_RESUME >$W/r110_train.log 2>&1 &&
-    python3 -c "import sys; from certcore.checkpoints import load_checkpoint as L
+    python3 -c "import sys; from certcore.models.checkpoints import load_checkpoint as L
 sys.exit(L(sys.argv[1])[1]['training']['status'] != 'finished')" "$OUT/$R110.pt" &&
     evaluate 3600 "$OUT/$R110.pt" 100000 "$OUT/${R110}_n100000.jsonl" >$W/r110_eval.log 2>&1
 ) &

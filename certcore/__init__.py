@@ -1,24 +1,23 @@
 """certcore: almost tight l0-norm certified robustness of top-k predictions (Jia et al., ICLR 2022).
 
-The cheap half (counts -> bounds -> radius, result files, the paper's tables) needs no torch and is imported
-eagerly. The expensive half (ablation sampling, models, checkpoints, data) imports torch, so its names are loaded
-on first use (PEP 562): ``from certcore import load_checkpoint`` works, while ``import certcore`` alone stays light.
+The package is split by layer, each importing only the layers before it (tests/test_layers.py checks this):
+
+* ``certcore.math``: counts -> bounds -> radius, input checks, the toy model of the lesson (numpy/scipy, no torch);
+* ``certcore.engine``: ablation, sampling a classifier, ``certify()`` and its ``Certificate`` (torch);
+* ``certcore.models``: architectures, checkpoints, data sets and training;
+* ``certcore.evaluation``: certified accuracy over a test set, results files, summaries, the paper's tables;
+* ``certcore.views``: what the app's pages compute and draw.
+
+The cheap half (math, results files, the paper's tables) needs no torch and is imported eagerly. The torch-backed
+names are loaded on first use (PEP 562): ``from certcore import certify`` works, while ``import certcore`` alone
+stays light.
 """
 
 from importlib import import_module
 from typing import Any
 
-from certcore.bounds import clopper_pearson_lower, clopper_pearson_upper, rounded_bounds, simuem_bounds
-from certcore.paper import PAPER_ROWS, PaperRow, paper_rows, paper_table_markdown
-from certcore.radius import (
-    BoundCurves,
-    bound_curves,
-    certified_radius,
-    certify_counts,
-    levine_feizi_radius,
-    radius_limit,
-)
-from certcore.results import (
+from certcore.evaluation.paper import PAPER_ROWS, PaperRow, paper_rows, paper_table_markdown
+from certcore.evaluation.results import (
     IncompleteLineWarning,
     ResultsError,
     accuracy_table,
@@ -27,16 +26,23 @@ from certcore.results import (
     list_result_files,
     read_results,
 )
-
-__version__ = "0.1.0"
+from certcore.math.bounds import clopper_pearson_lower, clopper_pearson_upper, rounded_bounds, simuem_bounds
+from certcore.math.radius import (
+    BoundCurves,
+    bound_curves,
+    certified_radius,
+    certify_counts,
+    levine_feizi_radius,
+    radius_limit,
+)
+from certcore.version import __version__
 
 _LAZY = {
-    "certcore.ablation": ("ablate", "ablated_previews", "draw_keep_masks", "encode_ablated"),
-    "certcore.sampling": ("SamplingCancelled", "SamplingResult", "sample_counts"),
-    # certify() itself: ``from certcore.certify import certify`` (the submodule of that name shadows it here)
-    "certcore.certify": ("Certificate", "certificate_from_counts"),
-    "certcore.models": ("build_model", "init_from_clean_cifar"),
-    "certcore.checkpoints": (
+    "certcore.engine.ablation": ("ablate", "ablated_previews", "draw_keep_masks", "encode_ablated"),
+    "certcore.engine.sampling": ("SamplingCancelled", "SamplingResult", "sample_counts"),
+    "certcore.engine.certificate": ("Certificate", "certificate_from_counts", "certify"),
+    "certcore.models.architectures": ("build_model", "init_from_clean_cifar"),
+    "certcore.models.checkpoints": (
         "CheckpointError",
         "CheckpointInfo",
         "CheckpointWarning",
@@ -45,7 +51,7 @@ _LAZY = {
         "load_checkpoint",
         "save_checkpoint",
     ),
-    "certcore.data": ("Sample", "bundled_samples", "class_names", "evaluation_indices", "load_uploaded_image"),
+    "certcore.models.data": ("Sample", "bundled_samples", "class_names", "evaluation_indices", "load_uploaded_image"),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 
@@ -63,6 +69,7 @@ __all__ = [
     "IncompleteLineWarning",
     "PaperRow",
     "ResultsError",
+    "__version__",
     "accuracy_table",
     "bound_curves",
     "certified_accuracy",

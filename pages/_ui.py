@@ -18,14 +18,22 @@ import streamlit as st
 import torch
 from torch import nn
 
-from certcore.certify import Certificate
-from certcore.checkpoints import CheckpointInfo, CheckpointWarning, list_checkpoints, load_checkpoint
-from certcore.compiled import compile_for_cpu
-from certcore.data import Sample, bundled_samples
-from certcore.default_result import DefaultResult, checkpoint_dir, load_default
-from certcore.explain import bound_rows, certificate_json, counts_csv, curve_range, curves_for, radius_rows, reading
-from certcore.figures import counts_figure, curves_figure
-from certcore.interactive import SampledCounts
+from certcore.engine.certificate import Certificate
+from certcore.engine.compiled import compile_for_cpu
+from certcore.models.checkpoints import CheckpointInfo, CheckpointWarning, list_checkpoints, load_checkpoint
+from certcore.models.data import Sample, bundled_samples
+from certcore.views.default_result import DefaultResult, checkpoint_dir, load_default
+from certcore.views.explain import (
+    bound_rows,
+    certificate_json,
+    counts_csv,
+    curve_range,
+    curves_for,
+    radius_rows,
+    reading,
+)
+from certcore.views.figures import counts_figure, curves_figure
+from certcore.views.interactive import SampledCounts
 
 log = logging.getLogger("certcore.app")
 CERTIFY_LAST = "certify.last"  # session key of the Certify page's result on display (a Shown)
@@ -121,7 +129,7 @@ def _checkpoint_scan() -> tuple[list[CheckpointInfo], list[str]]:
                    max_entries=4)
 def model(path: str, weights_sha256: str, device: str, image_shape: tuple[int, int, int]) -> nn.Module:
     """A checkpoint's model on ``device``, loaded once per process (the hash makes a replaced file reload); on the
-    CPU compiled for images of ``image_shape`` (C, H, W), which samples faster (``certcore.compiled``)."""
+    CPU compiled for images of ``image_shape`` (C, H, W), which samples faster (``certcore.engine.compiled``)."""
     net = load_checkpoint(path, device=device)[0]
     if torch.device(device).type != "cpu":
         return net

@@ -6,20 +6,20 @@ from pathlib import Path
 
 import streamlit as st
 
-from certcore.checkpoints import checkpoint_sha256
-from certcore.default_result import (
+from certcore.engine.sampling import default_batch_size
+from certcore.evaluation.evaluate import EvaluationError, open_image_source
+from certcore.evaluation.results import ResultsError, list_result_files, most_complete_run, read_results
+from certcore.evaluation.summarize import summary_data
+from certcore.models.checkpoints import checkpoint_sha256
+from certcore.views.default_result import (
     DEFAULT_CHECKPOINT,
     DEFAULT_NAME,
     checkpoint_dir,
     default_checkpoint_first,
     results_dir,
 )
-from certcore.evaluate import EvaluationError, open_image_source
-from certcore.figures import accuracy_runs_figure
-from certcore.interactive import ProgressReporter, evaluate_images
-from certcore.results import ResultsError, list_result_files, most_complete_run, read_results
-from certcore.sampling import default_batch_size
-from certcore.summarize import summary_data
+from certcore.views.figures import accuracy_runs_figure
+from certcore.views.interactive import ProgressReporter, evaluate_images
 from pages import _ui as ui
 
 EVALUATE_COMMAND = (f"python -m certcore.evaluate --dataset cifar10 --checkpoint checkpoints/{DEFAULT_CHECKPOINT} "

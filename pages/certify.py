@@ -10,10 +10,11 @@ import numpy as np
 import streamlit as st
 import torch
 
-from certcore.ablation import ablated_previews
-from certcore.checkpoints import CheckpointInfo
-from certcore.data import class_names, load_uploaded_image
-from certcore.default_result import (
+from certcore.engine.ablation import ablated_previews
+from certcore.engine.sampling import default_batch_size
+from certcore.models.checkpoints import CheckpointInfo
+from certcore.models.data import class_names, load_uploaded_image
+from certcore.views.default_result import (
     APP_DEFAULTS,
     DEFAULT_CHECKPOINT,
     DEFAULT_NAME,
@@ -21,10 +22,9 @@ from certcore.default_result import (
     checkpoint_dir,
     default_checkpoint_first,
 )
-from certcore.explain import MAX_SEED, LinkValues, parameter_problems, read_link
-from certcore.figures import enlarge, mosaic
-from certcore.interactive import ProgressReporter, counts_key, format_duration, sample_image
-from certcore.sampling import default_batch_size
+from certcore.views.explain import MAX_SEED, LinkValues, parameter_problems, read_link
+from certcore.views.figures import enlarge, mosaic
+from certcore.views.interactive import ProgressReporter, counts_key, format_duration, sample_image
 from pages import _ui as ui
 
 DATASETS = {"CIFAR10": "cifar10", "ImageNet": "imagenet"}  # shown (and in the URL) -> certcore's name

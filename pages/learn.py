@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from certcore.lesson import (
+from certcore.views.lesson import (
     COLOUR_NAMES,
     ablation_mosaic,
     certify_toy,

@@ -7,11 +7,11 @@ import pandas as pd
 import streamlit as st
 
 from certcore import bound_curves, certified_radius, radius_limit, rounded_bounds, simuem_bounds
-from certcore.certify import certificate_from_counts
-from certcore.data import class_names
-from certcore.explain import curve_range, e_problem, k_problem, parameter_problems
-from certcore.figures import curves_figure, sweep_figure
-from certcore.sweeps import (
+from certcore.engine.certificate import certificate_from_counts
+from certcore.models.data import class_names
+from certcore.views.explain import curve_range, e_problem, k_problem, parameter_problems
+from certcore.views.figures import curves_figure, sweep_figure
+from certcore.views.sweeps import (
     default_grids,
     example_counts,
     radius_vs_alpha,

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from certcore.checkpoints import save_checkpoint
-from certcore.data import class_names
-from certcore.default_result import DEFAULT_CHECKPOINT
-from certcore.models import build_model
+from certcore.models.architectures import build_model
+from certcore.models.checkpoints import save_checkpoint
+from certcore.models.data import class_names
+from certcore.views.default_result import DEFAULT_CHECKPOINT
 
 APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 180  # seconds per script run: the first one imports torch and plotly on a loaded machine

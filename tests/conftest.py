@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The offline data folder (``$CERTCORE_SHARED_DATA`` or ``<repo>/../shared/data``); skip if it is missing."""
-    from certcore.data import shared_data_dir
+    from certcore.models.data import shared_data_dir
 
     path = shared_data_dir()
     if not (path / "cifar10").is_dir() or not (path / "checkpoints").is_dir():

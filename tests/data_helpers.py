@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from certcore.data import SAMPLES_DIR, bundled_samples, class_names
+from certcore.models.data import SAMPLES_DIR, bundled_samples, class_names
 
 
 def bundled_cifar10_arrays() -> tuple[np.ndarray, np.ndarray]:

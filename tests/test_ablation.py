@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from certcore.ablation import ablate, ablated_previews, draw_keep_masks, encode_ablated
+from certcore.engine.ablation import ablate, ablated_previews, draw_keep_masks, encode_ablated
 
 H, W, E = 8, 8, 10
 D = H * W

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-import certcore.interactive
-from certcore.checkpoints import save_checkpoint
-from certcore.data import class_names
-from certcore.default_result import DEFAULT_NAME, load_default
-from certcore.models import build_model
+import certcore.views.interactive
+from certcore.models.architectures import build_model
+from certcore.models.checkpoints import save_checkpoint
+from certcore.models.data import class_names
+from certcore.views.default_result import DEFAULT_NAME, load_default
 from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
 
 pytestmark = pytest.mark.usefixtures("app_env")
@@ -22,13 +22,13 @@ SUBMIT = "FormSubmitter:certify-parameters-Certify"
 def sampling_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Counts calls of sample_counts made by the page (each entry: the n requested)."""
     calls: list[int] = []
-    real = certcore.interactive.sample_counts
+    real = certcore.views.interactive.sample_counts
 
     def counted(model, image, e, n, **kwargs):
         calls.append(n)
         return real(model, image, e, n, **kwargs)
 
-    monkeypatch.setattr(certcore.interactive, "sample_counts", counted)
+    monkeypatch.setattr(certcore.views.interactive, "sample_counts", counted)
     return calls
 
 

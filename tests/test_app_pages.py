@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from certcore.checkpoints import checkpoint_sha256
-from certcore.default_result import DEFAULT_CHECKPOINT, DEFAULT_NAME, checkpoint_dir, results_dir
+from certcore.models.checkpoints import checkpoint_sha256
+from certcore.views.default_result import DEFAULT_CHECKPOINT, DEFAULT_NAME, checkpoint_dir, results_dir
 from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
 from tests.test_results import COUNTS, make_record, write_records
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from certcore import train
+from certcore.models import training as train
 
 REPO = Path(__file__).resolve().parents[1]
 

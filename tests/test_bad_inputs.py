@@ -1,6 +1,6 @@
 """The bad-input catalogue: one table of inputs that must be refused clearly (or must work), across every layer.
 
-Layers: ``api`` (certcore functions), ``decoder`` (``certcore.data.load_uploaded_image``, what the app's upload
+Layers: ``api`` (certcore functions), ``decoder`` (``certcore.models.data.load_uploaded_image``, what the app's upload
 calls), ``evaluate`` and ``train`` (the command lines, run in-process through ``main(argv)``), ``certify-page`` and
 ``what-if-page`` (the Streamlit app through ``AppTest``: query parameters, uploads, widget state).
 
@@ -16,7 +16,7 @@ Each row names a *kind* of bad input, the layer, the input, and what must happen
 Rows marked ``xfail(strict=True)`` are known gaps in code this catalogue does not own (the reason names file and
 line); when one is fixed the row XPASSes, fails, and its mark should be dropped. Kinds already tested at some layer
 by another test file are not repeated there: ``ELSEWHERE`` lists where, and ``test_elsewhere_still_exists`` keeps
-those references honest. Sampling in the app rows is faked (``certcore.interactive.sample_counts``) so that a link
+those references honest. Sampling in the app rows is faked (``certcore.views.interactive.sample_counts``) so that a link
 that starts a certification costs nothing; real concurrent sampling is in ``tests/test_concurrency.py``.
 """
 
@@ -42,16 +42,17 @@ import torch
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-import certcore.interactive
-from certcore import evaluate, train
-from certcore.certify import certificate_from_counts, certify
-from certcore.checkpoints import load_checkpoint, save_checkpoint
-from certcore.data import MAX_UPLOAD_BYTES, bundled_samples, class_names, load_uploaded_image
-from certcore.explain import parameter_problems
-from certcore.models import build_model
-from certcore.results import read_results, record_line
-from certcore.sampling import SamplingResult
-from certcore.validation import check_counts
+import certcore.views.interactive
+from certcore.engine.certificate import certificate_from_counts, certify
+from certcore.engine.sampling import SamplingResult
+from certcore.evaluation import evaluate
+from certcore.evaluation.results import read_results, record_line
+from certcore.math.validation import check_counts
+from certcore.models import training as train
+from certcore.models.architectures import build_model
+from certcore.models.checkpoints import load_checkpoint, save_checkpoint
+from certcore.models.data import MAX_UPLOAD_BYTES, bundled_samples, class_names, load_uploaded_image
+from certcore.views.explain import parameter_problems
 from tests.data_helpers import bundled_cifar10_arrays, write_torchvision_cifar_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -235,7 +236,7 @@ def fake_sampling(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         counts[0] = n
         return SamplingResult(counts=counts, n=n, batch_size=batch_size, device="cpu (fake)", seconds=0.001)
 
-    monkeypatch.setattr(certcore.interactive, "sample_counts", sample_counts)
+    monkeypatch.setattr(certcore.views.interactive, "sample_counts", sample_counts)
     return calls
 
 

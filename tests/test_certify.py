@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from certcore.bounds import rounded_bounds, simuem_bounds
-from certcore.certify import Certificate, certificate_from_counts, certify, top_k_labels
-from certcore.radius import certify_counts, levine_feizi_radius, radius_limit
-from certcore.sampling import sample_counts
+from certcore.engine.certificate import Certificate, certificate_from_counts, certify, top_k_labels
+from certcore.engine.sampling import sample_counts
+from certcore.math.bounds import rounded_bounds, simuem_bounds
+from certcore.math.radius import certify_counts, levine_feizi_radius, radius_limit
 from tests.tiny_models import ConstantClassifier, KeptInFirstRowClassifier
 
 H, W, E = 8, 8, 10

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from certcore.checkpoints import (
+from certcore.models.architectures import build_model
+from certcore.models.checkpoints import (
     CheckpointError,
     CheckpointWarning,
     checkpoint_sha256,
@@ -18,7 +19,6 @@ from certcore.checkpoints import (
     load_checkpoint,
     save_checkpoint,
 )
-from certcore.models import build_model
 
 META = {
     "dataset": "cifar10",

@@ -1,4 +1,5 @@
-"""certcore.compiled: the compiled classifier gives the eager model's labels, compiles once, and falls back cleanly."""
+"""certcore.engine.compiled: the compiled classifier gives the eager model's labels, compiles once, and falls back
+cleanly."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ import pytest
 import torch
 import torch._dynamo
 
-from certcore import compiled as compiled_module
-from certcore.checkpoints import load_checkpoint
-from certcore.compiled import CompiledClassifier, CompileWarning, compile_for_cpu
-from certcore.data import bundled_samples
-from certcore.default_result import DEFAULT_CHECKPOINT
-from certcore.sampling import num_classes_of, sample_counts
+from certcore.engine import compiled as compiled_module
+from certcore.engine.compiled import CompiledClassifier, CompileWarning, compile_for_cpu
+from certcore.engine.sampling import num_classes_of, sample_counts
+from certcore.models.checkpoints import load_checkpoint
+from certcore.models.data import bundled_samples
+from certcore.views.default_result import DEFAULT_CHECKPOINT
 from tests.tiny_models import PixelKeptClassifier
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / DEFAULT_CHECKPOINT

@@ -5,7 +5,7 @@ alone, then both together in two threads. While both are inside ``sample_counts`
 progress callback proves it: if one session held a lock the other needed, the barrier would time out), a third
 session loads the What-if page. Then the two are released and must end with exactly the counts they had alone.
 
-On a GPU, sessions take turns batch by batch (``certcore.sampling.device_lock``), so the device holds one batch's
+On a GPU, sessions take turns batch by batch (``certcore.engine.sampling.device_lock``), so the device holds one batch's
 activations at a time. No GPU is here: the lock's wiring and mutual exclusion are tested by handing CPU sampling the
 lock a GPU would get; see README "Reliability and security".
 """
@@ -22,11 +22,11 @@ import streamlit as st
 import torch
 from streamlit.testing.v1 import AppTest
 
-import certcore.interactive
-import certcore.sampling
-from certcore.ablation import ablate
-from certcore.checkpoints import save_checkpoint
-from certcore.data import bundled_samples, class_names
+import certcore.engine.sampling
+import certcore.views.interactive
+from certcore.engine.ablation import ablate
+from certcore.models.checkpoints import save_checkpoint
+from certcore.models.data import bundled_samples, class_names
 
 REPO = Path(__file__).resolve().parents[1]
 N, BATCH, SEEDS = 100, 25, (11, 12)
@@ -35,7 +35,7 @@ N, BATCH, SEEDS = 100, 25, (11, 12)
 def spread_model(image: torch.Tensor) -> torch.nn.Module:
     """A ResNet-20 whose vote varies with the ablation: its last layer is re-centred on the features of ablated
     copies of ``image``, so two seeds give different counts (an untrained model votes for one class)."""
-    from certcore.models import build_model
+    from certcore.models.architectures import build_model
 
     torch.manual_seed(3)
     model = build_model("resnet20", 10).eval()
@@ -90,7 +90,7 @@ def counts_of(at: AppTest) -> tuple[int, ...]:
 
 
 def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monkeypatch) -> None:
-    real = certcore.interactive.sample_counts
+    real = certcore.views.interactive.sample_counts
     models: list[int] = []
     both_inside = threading.Event()
     barrier = threading.Barrier(2, action=both_inside.set)
@@ -110,7 +110,7 @@ def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monk
 
         return real(model, image, e, n, progress=hooked, **kwargs)
 
-    monkeypatch.setattr(certcore.interactive, "sample_counts", sample_counts)
+    monkeypatch.setattr(certcore.views.interactive, "sample_counts", sample_counts)
 
     alone, seconds_alone = {}, {}
     for seed in SEEDS:
@@ -156,10 +156,10 @@ def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monk
 
 
 def test_gpu_lock_is_one_per_device_and_none_on_cpu() -> None:
-    lock = certcore.sampling.device_lock(torch.device("cuda", 0))
-    assert lock is certcore.sampling.device_lock(torch.device("cuda", 0))
-    assert lock is not certcore.sampling.device_lock(torch.device("cuda", 1))
-    assert not isinstance(certcore.sampling.device_lock(torch.device("cpu")), type(lock))
+    lock = certcore.engine.sampling.device_lock(torch.device("cuda", 0))
+    assert lock is certcore.engine.sampling.device_lock(torch.device("cuda", 0))
+    assert lock is not certcore.engine.sampling.device_lock(torch.device("cuda", 1))
+    assert not isinstance(certcore.engine.sampling.device_lock(torch.device("cpu")), type(lock))
 
 
 def test_sessions_sharing_a_device_lock_take_turns_per_batch_and_keep_their_counts(monkeypatch) -> None:
@@ -182,11 +182,12 @@ def test_sessions_sharing_a_device_lock_take_turns_per_batch_and_keep_their_coun
             lock.release()
 
     def sample(seed: int) -> tuple[int, ...]:  # workers=1: one batch at a time, the path a GPU takes
-        counts = certcore.sampling.sample_counts(model, image, 50, N, seed=seed, batch_size=BATCH, workers=1).counts
+        counts = certcore.engine.sampling.sample_counts(model, image, 50, N, seed=seed, batch_size=BATCH,
+                                                        workers=1).counts
         return tuple(counts.tolist())
 
     alone = {seed: sample(seed) for seed in SEEDS}
-    monkeypatch.setattr(certcore.sampling, "device_lock", lambda _device: Recording())
+    monkeypatch.setattr(certcore.engine.sampling, "device_lock", lambda _device: Recording())
     turns.clear()
     together: dict[int, tuple[int, ...]] = {}
     threads = [threading.Thread(target=lambda s=seed: together.__setitem__(s, sample(s))) for seed in SEEDS]

@@ -13,8 +13,8 @@ import pytest
 from scipy.stats import binomtest
 
 from certcore import certify_counts, simuem_bounds
-from certcore.bounds import clopper_pearson_lower, clopper_pearson_upper
-from certcore.toy import LookupClassifier, find_attack, label_counts
+from certcore.math.bounds import clopper_pearson_lower, clopper_pearson_upper
+from certcore.math.toy import LookupClassifier, find_attack, label_counts
 
 SETTINGS = [  # (probabilities of the c labels, n, alpha)
     (np.array([0.6, 0.25, 0.1, 0.05]), 200, 0.05),

@@ -17,13 +17,13 @@ import pytest
 import torch
 from scipy.stats import binomtest
 
-from certcore import evaluate
-from certcore.ablation import draw_keep_masks, encode_ablated
-from certcore.certify import certify
-from certcore.checkpoints import load_checkpoint
-from certcore.data import bundled_samples
-from certcore.default_result import DEFAULT_CHECKPOINT, checkpoint_dir
-from certcore.sampling import _logits, sample_counts
+from certcore.engine.ablation import draw_keep_masks, encode_ablated
+from certcore.engine.certificate import certify
+from certcore.engine.sampling import _logits, sample_counts
+from certcore.evaluation import evaluate
+from certcore.models.checkpoints import load_checkpoint
+from certcore.models.data import bundled_samples
+from certcore.views.default_result import DEFAULT_CHECKPOINT, checkpoint_dir
 from tests.tiny_models import PixelKeptClassifier
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

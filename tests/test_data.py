@@ -15,7 +15,7 @@ import torch
 import torchvision
 from PIL import Image
 
-from certcore.data import (
+from certcore.models.data import (
     SAMPLES_DIR,
     bundled_samples,
     cifar10_offline,

@@ -4,11 +4,11 @@ import doctest
 
 import pytest
 
-import certcore.bounds
-import certcore.radius
+import certcore.math.bounds
+import certcore.math.radius
 
 
-@pytest.mark.parametrize("module", [certcore.bounds, certcore.radius])
+@pytest.mark.parametrize("module", [certcore.math.bounds, certcore.math.radius])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

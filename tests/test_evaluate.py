@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from certcore import evaluate
-from certcore.ablation import ablate
-from certcore.checkpoints import save_checkpoint
-from certcore.data import bundled_samples, class_names
-from certcore.evaluate import image_seed, main
-from certcore.models import build_model
-from certcore.radius import certify_counts
-from certcore.results import (
+from certcore.engine.ablation import ablate
+from certcore.evaluation import evaluate
+from certcore.evaluation.evaluate import image_seed, main
+from certcore.evaluation.results import (
     RECORD_KEYS,
     VOLATILE_KEYS,
     IncompleteLineWarning,
@@ -27,6 +23,10 @@ from certcore.results import (
     read_results,
     record_line,
 )
+from certcore.math.radius import certify_counts
+from certcore.models.architectures import build_model
+from certcore.models.checkpoints import save_checkpoint
+from certcore.models.data import bundled_samples, class_names
 from tests.data_helpers import bundled_cifar10_arrays, write_torchvision_cifar_root
 
 REPO = Path(__file__).resolve().parents[1]

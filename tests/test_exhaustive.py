@@ -13,7 +13,7 @@ from fractions import Fraction
 from math import comb
 
 from certcore import certified_radius
-from certcore.toy import LookupClassifier, ablations, find_attack, in_top_k, label_counts, label_probabilities
+from certcore.math.toy import LookupClassifier, ablations, find_attack, in_top_k, label_counts, label_probabilities
 
 
 def _random_world(rng: random.Random):

@@ -7,10 +7,10 @@ import doctest
 import io
 import json
 
-import certcore.explain
-from certcore.certify import certificate_from_counts
-from certcore.data import class_names
-from certcore.explain import (
+import certcore.views.explain
+from certcore.engine.certificate import certificate_from_counts
+from certcore.models.data import class_names
+from certcore.views.explain import (
     bound_rows,
     certificate_json,
     counts_csv,
@@ -19,7 +19,7 @@ from certcore.explain import (
     radius_rows,
     reading,
 )
-from certcore.sweeps import PAPER_LIKE_COUNTS
+from certcore.views.sweeps import PAPER_LIKE_COUNTS
 
 NAMES = class_names("cifar10")
 
@@ -29,7 +29,7 @@ def _cert(label=0, k=3, alpha=0.001, counts=PAPER_LIKE_COUNTS):
 
 
 def test_docstring_examples():
-    result = doctest.testmod(certcore.explain)
+    result = doctest.testmod(certcore.views.explain)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -8,10 +8,10 @@ import doctest
 import pytest
 import torch
 
-import certcore.interactive
-from certcore.certify import certificate_from_counts
-from certcore.default_result import DEFAULT_PATH, DefaultResult, load_default
-from certcore.interactive import ProgressReporter, SampledCounts, counts_key, sample_image
+import certcore.views.interactive
+from certcore.engine.certificate import certificate_from_counts
+from certcore.views.default_result import DEFAULT_PATH, DefaultResult, load_default
+from certcore.views.interactive import ProgressReporter, SampledCounts, counts_key, sample_image
 from tests.tiny_models import KeptInFirstRowClassifier
 
 IMAGE = torch.rand(3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -27,7 +27,7 @@ def _sample(progress=None, n=1000, batch_size=100):
 
 
 def test_docstring_examples():
-    result = doctest.testmod(certcore.interactive)
+    result = doctest.testmod(certcore.views.interactive)
     assert result.attempted > 0 and result.failed == 0
 
 

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from certcore.lesson import ablation_mosaic, certify_toy, lookup_classifier, tightness
-from certcore.toy import label_counts, label_probabilities
+from certcore.math.toy import label_counts, label_probabilities
+from certcore.views.lesson import ablation_mosaic, certify_toy, lookup_classifier, tightness
 
 
 def _worlds(count: int, seed: int):

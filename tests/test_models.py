@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from certcore.ablation import ablate, encode_ablated
-from certcore.models import (
+from certcore.engine.ablation import ablate, encode_ablated
+from certcore.models.architectures import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EncodingNormalize,

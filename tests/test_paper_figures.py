@@ -1,4 +1,4 @@
-"""The paper's Figures 1-4 from stored counts (``certcore.paper_figures``): subsampling the counts is exactly
+"""The paper's Figures 1-4 from stored counts (``certcore.evaluation.paper_figures``): subsampling the counts is exactly
 a run with fewer samples (proved in exact arithmetic), the sampler draws the hypergeometric, the tables agree with
 radii computed directly, monotonicity in k and alpha, the command line, and bad inputs."""
 
@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-import certcore.paper_figures
-from certcore.paper_figures import (
+import certcore.evaluation.paper_figures
+from certcore.evaluation.paper_figures import (
     impact_of_alpha,
     impact_of_e,
     impact_of_k,
@@ -27,8 +27,8 @@ from certcore.paper_figures import (
     subsample_counts,
     subsampled_records,
 )
-from certcore.radius import certify_counts
-from certcore.results import certified_accuracy, read_results
+from certcore.evaluation.results import certified_accuracy, read_results
+from certcore.math.radius import certify_counts
 from tests.test_results import ALPHA, D, E, make_record, write_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,5 +238,5 @@ def test_missing_file_is_one_line_without_traceback(tmp_path: Path) -> None:
 
 
 def test_docstring_examples() -> None:
-    result = doctest.testmod(certcore.paper_figures)
+    result = doctest.testmod(certcore.evaluation.paper_figures)
     assert result.attempted > 0 and result.failed == 0

@@ -17,7 +17,7 @@ from certcore import (
     radius_limit,
     simuem_bounds,
 )
-from certcore.radius import unrounded_top1_radius
+from certcore.math.radius import unrounded_top1_radius
 from tests.eq6_reference import reference_radius
 
 PAPER_LIKE_COUNTS = [80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50]

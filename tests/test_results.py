@@ -10,11 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import certcore.paper
-import certcore.results
-from certcore.paper import PAPER_ROWS, paper_rows, paper_table_markdown
-from certcore.radius import certify_counts
-from certcore.results import (
+import certcore.evaluation.paper
+import certcore.evaluation.results
+from certcore.evaluation.paper import PAPER_ROWS, paper_rows, paper_table_markdown
+from certcore.evaluation.results import (
     FORMAT,
     IncompleteLineWarning,
     ResultsError,
@@ -28,7 +27,8 @@ from certcore.results import (
     record_line,
     scan_results,
 )
-from certcore.summarize import write_summary
+from certcore.evaluation.summarize import write_summary
+from certcore.math.radius import certify_counts
 
 D, E, ALPHA = 1024, 50, 0.001
 
@@ -164,7 +164,7 @@ def test_paper_tables() -> None:
         paper_rows("mnist")
 
 
-@pytest.mark.parametrize("module", [certcore.results, certcore.paper])
+@pytest.mark.parametrize("module", [certcore.evaluation.results, certcore.evaluation.paper])
 def test_docstring_examples(module) -> None:
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -28,16 +28,17 @@ from streamlit.testing.v1 import AppTest
 from torch import nn
 
 import certcore
-import certcore.default_result
-from certcore import evaluate, train
-from certcore.certify import certificate_from_counts
-from certcore.checkpoints import save_checkpoint
-from certcore.data import bundled_samples, class_names
-from certcore.default_result import DEFAULT_CHECKPOINT
-from certcore.explain import certificate_json
-from certcore.interactive import sample_image
-from certcore.models import build_model
-from certcore.results import RECORD_KEYS, atomic_write
+import certcore.views.default_result
+from certcore.engine.certificate import certificate_from_counts
+from certcore.evaluation import evaluate
+from certcore.evaluation.results import RECORD_KEYS, atomic_write
+from certcore.models import training as train
+from certcore.models.architectures import build_model
+from certcore.models.checkpoints import save_checkpoint
+from certcore.models.data import bundled_samples, class_names
+from certcore.views.default_result import DEFAULT_CHECKPOINT
+from certcore.views.explain import certificate_json
+from certcore.views.interactive import sample_image
 
 REPO = Path(__file__).resolve().parents[1]
 META = {"dataset": "cifar10", "arch": "resnet20", "e": 50, "num_classes": 10, "class_names": class_names("cifar10"),
@@ -225,8 +226,8 @@ def test_a_crash_mid_write_keeps_the_old_file(writer: str, tmp_path: Path, monke
         monkeypatch.setattr(os, "fsync", fsync_fails)
         call = lambda: atomic_write(target, b'{"new": "data"}\n' * 100)  # noqa: E731
     else:
-        monkeypatch.setattr(certcore.default_result.json, "dump", crash_after_half)
-        call = lambda: certcore.default_result.write_json_atomic({"new": "data"}, target)  # noqa: E731
+        monkeypatch.setattr(certcore.views.default_result.json, "dump", crash_after_half)
+        call = lambda: certcore.views.default_result.write_json_atomic({"new": "data"}, target)  # noqa: E731
     with pytest.raises(OSError, match="simulated crash"):
         call()
     assert target.read_bytes() == b"the old, complete file\n"
@@ -260,7 +261,7 @@ def test_every_certificate_records_seed_versions_device_and_checkpoint(tmp_path:
     assert cert["certcore_version"] == certcore.__version__
     evaluate_keys = {"seed", "image_seed", "device", "torch_version", "certcore_version", "checkpoint_sha256"}
     assert evaluate_keys <= set(RECORD_KEYS)  # tests/test_evaluate.py::test_records checks each record has them
-    stored = json.loads(certcore.default_result.DEFAULT_PATH.read_text())  # the shipped default certificate
+    stored = json.loads(certcore.views.default_result.DEFAULT_PATH.read_text())  # the shipped default certificate
     assert {"seed", "device", "torch_version", "checkpoint"} <= set(stored["sampled"]["run"])
     assert stored["certificate"]["certcore_version"] and stored["weights_sha256"]
 
@@ -287,7 +288,7 @@ def one_thread():
 
 def test_attack_check_breaks_only_beyond_the_certified_radius(one_thread) -> None:
     attack = load_attack_check()
-    from certcore.ablation import draw_keep_masks
+    from certcore.engine.ablation import draw_keep_masks
 
     model, image, label, e, n = WhitePixelDetector().eval(), torch.zeros(3, 8, 8), 0, 10, 300
     masks = draw_keep_masks(n, 8, 8, e, torch.Generator().manual_seed(1))

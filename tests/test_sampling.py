@@ -10,8 +10,8 @@ import torch
 from scipy.stats import binomtest
 from torch import nn
 
-from certcore.certify import certify
-from certcore.sampling import (
+from certcore.engine.certificate import certify
+from certcore.engine.sampling import (
     CPU_BATCH_SIZE,
     CUDA_BATCH_SIZE,
     SamplingCancelled,

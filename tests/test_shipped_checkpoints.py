@@ -1,6 +1,6 @@
 """Every checkpoint shipped in checkpoints/ loads safely and is as accurate as its metadata says.
 
-The accuracy measured here is the trainer's own (``certcore.train.ablated_accuracy``: single ablations, 10 per
+The accuracy measured here is the trainer's own (``certcore.models.training.ablated_accuracy``: single ablations, 10 per
 image, seed 20220425), recomputed from the file. On the first 200 of the 500 evaluation images it must reach the
 ``eval500_ablated`` claimed in the metadata minus 5 points (a subset of 200 images may differ from all 500 by a few
 points, about 3.5 points standard error); on the 100 bundled test images (never in the evaluation set, so no
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from certcore import train
-from certcore.checkpoints import list_checkpoints, load_checkpoint
-from certcore.data import ImageSet, bundled_samples, cifar10_offline, class_names, evaluation_indices
-from certcore.default_result import DEFAULT_NAME
+from certcore.models import training as train
+from certcore.models.checkpoints import list_checkpoints, load_checkpoint
+from certcore.models.data import ImageSet, bundled_samples, cifar10_offline, class_names, evaluation_indices
+from certcore.views.default_result import DEFAULT_NAME
 
 SHIPPED = list_checkpoints(Path(__file__).resolve().parents[1] / "checkpoints")
 CPU = train.Dist(0, 1, torch.device("cpu"))

@@ -7,9 +7,9 @@ import doctest
 import numpy as np
 import pytest
 
-import certcore.sweeps
+import certcore.views.sweeps
 from certcore import certify_counts
-from certcore.sweeps import (
+from certcore.views.sweeps import (
     PAPER_LIKE_COUNTS,
     default_grids,
     example_counts,
@@ -25,7 +25,7 @@ COUNTS = list(PAPER_LIKE_COUNTS)
 
 
 def test_docstring_examples():
-    result = doctest.testmod(certcore.sweeps)
+    result = doctest.testmod(certcore.views.sweeps)
     assert result.attempted > 0 and result.failed == 0
 
 

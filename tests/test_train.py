@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from certcore import train
-from certcore.checkpoints import load_checkpoint
+from certcore.models import training as train
+from certcore.models.checkpoints import load_checkpoint
 from tests.data_helpers import bundled_cifar10_arrays, write_imagefolder, write_torchvision_cifar_root
 
 REPO = Path(__file__).resolve().parents[1]

@@ -20,8 +20,8 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.colors import DEFAULT_PLOTLY_COLORS
 
-from certcore.paper import PAPER_SETTINGS, PERTURBED_PIXELS, paper_rows
-from certcore.results import (
+from certcore.evaluation.paper import PAPER_SETTINGS, PERTURBED_PIXELS, paper_rows
+from certcore.evaluation.results import (
     Record,
     ResultsError,
     accuracy_table,

@@ -1,4 +1,4 @@
-"""The Learn page's toy: a 3x3 binary image where randomized ablation is enumerated exactly (``certcore.toy``).
+"""The Learn page's toy: a 3x3 binary image where randomized ablation is enumerated exactly (``certcore.math.toy``).
 
 With d = 9 pixels there are only C(9, e) ablations, so the smoothed classifier's label probabilities are exact
 fractions: the bounds of Eq. 3 can be the probabilities themselves (no sampling, no alpha), Theorem 1 gives the
@@ -14,9 +14,8 @@ from fractions import Fraction
 
 import numpy as np
 
-from certcore.figures import mosaic
-from certcore.radius import certified_radius, radius_limit
-from certcore.toy import (
+from certcore.math.radius import certified_radius, radius_limit
+from certcore.math.toy import (
     Ablated,
     BaseClassifier,
     LookupClassifier,
@@ -28,6 +27,7 @@ from certcore.toy import (
     label_probabilities,
     perturbations,
 )
+from certcore.views.figures import mosaic
 
 SIDE = 3
 ALPHABET = (0, 1)

@@ -23,7 +23,7 @@ from PIL import Image, ImageOps
 from torchvision.transforms import v2
 
 DATASETS = ("cifar10", "imagenet")
-SAMPLES_DIR = Path(__file__).parent / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "samples"  # certcore/samples
 CIFAR_SPLITS = ("train", "test", "test-lossless")
 MAX_UPLOAD_BYTES = 50 * 1024 * 1024
 MAX_UPLOAD_PIXELS = 50_000_000
@@ -68,7 +68,7 @@ def _check_dataset(dataset: str) -> None:
 def shared_data_dir() -> Path:
     """The offline data folder: ``$CERTCORE_SHARED_DATA`` or ``<repo>/../shared/data``."""
     env = os.environ.get("CERTCORE_SHARED_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 @cache

@@ -22,9 +22,9 @@ import warnings
 import torch
 from torch import nn
 
-from certcore.ablation import encoded_shape
-from certcore.sampling import CPU_BATCH_SIZE
-from certcore.validation import check_int
+from certcore.engine.ablation import encoded_shape
+from certcore.engine.sampling import CPU_BATCH_SIZE
+from certcore.math.validation import check_int
 
 
 class CompileWarning(UserWarning):

@@ -1,7 +1,7 @@
 """The expensive half of a certificate: label counts of a base classifier over n ablated copies of an image.
 
 One image is copied to the model's device once; every batch of keep masks is then drawn there in one shot
-from a ``torch.Generator`` seeded by the caller, encoded (``certcore.ablation``), classified and counted with
+from a ``torch.Generator`` seeded by the caller, encoded (``certcore.engine.ablation``), classified and counted with
 ``torch.bincount`` into a counts tensor that stays on the device until the end. No Python loop runs per
 sample and nothing is copied from the host per sample.
 
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from certcore.ablation import draw_keep_masks, encode_ablated, encoded_shape
-from certcore.validation import check_d_e, check_int
+from certcore.engine.ablation import draw_keep_masks, encode_ablated, encoded_shape
+from certcore.math.validation import check_d_e, check_int
 
 # Samples per forward pass when the caller gives none. On a CPU the counts do not depend on it and small batches
 # are faster (their activations stay in the caches): bench/bench_batch_size.py measured batch 100 at 1.9x the

@@ -22,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from certcore.checkpoints import load_checkpoint
-from certcore.data import bundled_samples
-from certcore.interactive import ProgressReporter, SampledCounts, sample_image
+from certcore.models.checkpoints import load_checkpoint
+from certcore.models.data import bundled_samples
+from certcore.views.interactive import ProgressReporter, SampledCounts, sample_image
 
 FORMAT = "certcore-default-result-v1"
-DEFAULT_PATH = Path(__file__).with_name("default_certificate.json")
-REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # certcore/
+DEFAULT_PATH = PACKAGE_DIR / "default_certificate.json"
+REPO_ROOT = PACKAGE_DIR.parent
 DEFAULT_CHECKPOINT = "cifar10_resnet20_e50_distill56.pt"
 DEFAULT_NAME = Path(DEFAULT_CHECKPOINT).stem  # how results files and checkpoint pickers name it
 DEFAULT_IMAGE = "cifar10-test-0061"

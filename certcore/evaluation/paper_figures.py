@@ -16,7 +16,7 @@ one parameter, the others held at the run's values (the paper's defaults are k =
   depend on e through the base classifier, which has to be trained with each e (the paper trains one model per
   e), so stored counts at one e say nothing about another: each e needs its own model and its own run. The runs
   must cover the same images at the same alpha; a run with more samples than the smallest n among them is
-  subsampled to it (as for Figure 3), so every curve has the same n. ``certcore.sweeps.radius_vs_e`` shows only
+  subsampled to it (as for Figure 3), so every curve has the same n. ``certcore.views.sweeps.radius_vs_e`` shows only
   the certificate's side of e, for one image.
 
 **Why subsampling the counts is exact.** For one image, the evaluation draws its n ablations i.i.d. (each keeps
@@ -46,16 +46,16 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
-from certcore.figures import accuracy_curves_figure
-from certcore.results import (
+from certcore.evaluation.results import (
     Record,
     accuracy_rows_markdown,
     certified_accuracy,
     describe_run,
     read_results,
 )
-from certcore.summarize import figure_files, write_files
-from certcore.validation import check_alpha, check_counts, check_int
+from certcore.evaluation.summarize import figure_files, write_files
+from certcore.math.validation import check_alpha, check_counts, check_int
+from certcore.views.figures import accuracy_curves_figure
 
 PAPER_ALPHAS = (0.1, 0.01, 0.001, 0.0001)
 PAPER_K = 3  # the paper's default k, used by Figures 3 and 4

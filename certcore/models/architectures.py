@@ -1,6 +1,6 @@
 """Base classifiers for randomized ablation: CIFAR ResNet-20/56/110 (He et al. 2016) and ImageNet ResNet-50.
 
-Every model takes the 2C-channel ablation encoding of ``certcore.ablation`` (6 channels for RGB) with values in
+Every model takes the 2C-channel ablation encoding of ``certcore.engine.ablation`` (6 channels for RGB) with values in
 [0, 1] and normalises it itself (``EncodingNormalize``), so callers never normalise.
 """
 

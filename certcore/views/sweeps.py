@@ -15,9 +15,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from certcore.bounds import simuem_bounds
-from certcore.radius import certified_radius, certify_counts
-from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_k, check_label
+from certcore.math.bounds import simuem_bounds
+from certcore.math.radius import certified_radius, certify_counts
+from certcore.math.validation import check_alpha, check_counts, check_d_e, check_int, check_k, check_label
 
 PAPER_LIKE_COUNTS = (80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50)
 

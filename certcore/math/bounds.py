@@ -12,7 +12,7 @@ from math import comb
 import numpy as np
 from scipy.stats import beta
 
-from certcore.validation import check_alpha, check_counts, check_d_e, check_probability
+from certcore.math.validation import check_alpha, check_counts, check_d_e, check_probability
 
 
 def clopper_pearson_lower(counts: np.ndarray, n: int, level: float) -> np.ndarray:

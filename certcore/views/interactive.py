@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from certcore import evaluate
-from certcore.certify import Certificate, SamplingRun, certificate_from_counts
-from certcore.sampling import SamplingCancelled, SamplingResult, sample_counts
+from certcore.engine.certificate import Certificate, SamplingRun, certificate_from_counts
+from certcore.engine.sampling import SamplingCancelled, SamplingResult, sample_counts
+from certcore.evaluation import evaluate
 
 
 def format_duration(seconds: float) -> str:
@@ -160,7 +160,7 @@ def image_digest(image: torch.Tensor) -> str:
 def counts_key(image: torch.Tensor, weights_sha256: str, *, e: int, n: int, seed: int, device: str,
                batch_size: int) -> str:
     """Everything the counts depend on: image, weights, e, n, seed and device type (the batch size too on
-    CUDA, where the random stream depends on it; see ``certcore.sampling``)."""
+    CUDA, where the random stream depends on it; see ``certcore.engine.sampling``)."""
     kind = torch.device(device).type
     batch = f"|batch={batch_size}" if kind == "cuda" else ""
     return f"{image_digest(image)}|{weights_sha256[:16]}|e={e}|n={n}|seed={seed}|{kind}{batch}"
@@ -182,7 +182,7 @@ def evaluate_images(
 ) -> None:
     """Certify test images ``indices`` into results file ``out`` with the evaluation command, one image per call,
     calling ``progress(done, total)`` after each; stops early when it returns False. The file is the same a
-    command-line run with these parameters writes (read it with ``certcore.results``)."""
+    command-line run with these parameters writes (read it with ``certcore.evaluation.results``)."""
     args = ["--checkpoint", str(checkpoint), "--dataset", dataset, "--out", str(out), "--n", str(n),
             "--alpha", str(alpha), "--seed", str(seed), "--batch-size", str(batch_size),
             "--device", "cuda" if device.startswith("cuda") else "cpu", "--k", *map(str, ks)]

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import plotly.graph_objects as go
 
-from certcore.paper import PAPER_SETTINGS, PERTURBED_PIXELS, paper_rows
-from certcore.radius import BoundCurves
-from certcore.sweeps import Sweep
+from certcore.evaluation.paper import PAPER_SETTINGS, PERTURBED_PIXELS, paper_rows
+from certcore.math.radius import BoundCurves
+from certcore.views.sweeps import Sweep
 
 if TYPE_CHECKING:
     import torch
@@ -124,10 +124,10 @@ RUN_DASHES = ("solid", "dot", "dashdot", "longdashdot")
 
 
 def accuracy_runs_figure(summaries: Sequence[dict[str, Any]], paper: bool = True) -> go.Figure:
-    """Certified top-k accuracy vs number of perturbed pixels for several runs (``certcore.summarize.summary_data``
-    dicts), one line per run and k (colour: k; line style: run), model / n / alpha in the legend; with ``paper``,
-    the paper's "Our method" rows (Table 1 for CIFAR10, Table 2 for ImageNet) for the same datasets and k, dashed
-    with open markers in the colour of their k."""
+    """Certified top-k accuracy vs number of perturbed pixels for several runs
+    (``certcore.evaluation.summarize.summary_data`` dicts), one line per run and k (colour: k; line style: run),
+    model / n / alpha in the legend; with ``paper``, the paper's "Our method" rows (Table 1 for CIFAR10, Table 2
+    for ImageNet) for the same datasets and k, dashed with open markers in the colour of their k."""
     traces, shown = [], set()
     for i, summary in enumerate(summaries):
         run = summary["run"]

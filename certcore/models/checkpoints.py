@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from certcore.models import build_model
+from certcore.models.architectures import build_model
 
 FORMAT = "certcore-checkpoint-v1"
 REQUIRED_KEYS = ("dataset", "arch", "e", "num_classes", "class_names", "encoding")

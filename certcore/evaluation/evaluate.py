@@ -2,8 +2,8 @@
 
 For every image: n ablated samples (``sample_counts``, seeded per image from ``--seed`` and the image index, so
 sharding and resuming never change a result; on CUDA the counts also depend on the batch size, see
-``certcore.sampling``), then the certified radius of its true label in the top-k for every requested k
-(``certificate_from_counts``). One JSON line per image (see ``certcore.results``).
+``certcore.engine.sampling``), then the certified radius of its true label in the top-k for every requested k
+(``certificate_from_counts``). One JSON line per image (see ``certcore.evaluation.results``).
 
 Resumable: a re-run of the same command skips images already in the file; an interrupted run loses at most the
 image in flight; an incomplete last line (interrupted write) is removed with a warning and redone; a file
@@ -30,19 +30,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-import certcore
-from certcore.certify import certificate_from_counts, top_k_labels
-from certcore.checkpoints import CheckpointError, checkpoint_sha256, load_checkpoint
-from certcore.compiled import CompiledClassifier, compile_for_cpu
-from certcore.data import (
-    DATASETS,
-    bundled_samples,
-    cifar10_offline,
-    cifar10_torchvision,
-    evaluation_indices,
-    imagenet_folder,
-)
-from certcore.results import (
+from certcore.engine.certificate import certificate_from_counts, top_k_labels
+from certcore.engine.compiled import CompiledClassifier, compile_for_cpu
+from certcore.engine.sampling import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, sample_counts
+from certcore.evaluation.results import (
     FORMAT,
     IncompleteLineWarning,
     Record,
@@ -56,8 +47,17 @@ from certcore.results import (
     scan_results,
     shard_files,
 )
-from certcore.sampling import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, sample_counts
-from certcore.sweeps import warn_if_too_few_samples
+from certcore.models.checkpoints import CheckpointError, checkpoint_sha256, load_checkpoint
+from certcore.models.data import (
+    DATASETS,
+    bundled_samples,
+    cifar10_offline,
+    cifar10_torchvision,
+    evaluation_indices,
+    imagenet_folder,
+)
+from certcore.version import __version__
+from certcore.views.sweeps import warn_if_too_few_samples
 
 IMAGENET_EVAL_SIZE = 500
 BARRIER_TIMEOUT = datetime.timedelta(hours=72)  # ranks wait at the final barrier for the slowest shard
@@ -87,7 +87,7 @@ def open_image_source(dataset: str, data_root: str | None = None, shared_data: s
     """The test images of ``dataset``.
 
     cifar10: original CIFAR-10 test indices; without ``data_root`` the exact pixels of test images 0..999 from
-    the offline data (``shared_data``, default ``certcore.data.shared_data_dir()``), with it a torchvision root
+    the offline data (``shared_data``, default ``certcore.models.data.shared_data_dir()``), with it a torchvision root
     (all 10,000). The default indices are the project's evaluation set, 0, 2, ..., 998. imagenet: without
     ``data_root`` the 100 bundled samples, with it an ImageFolder (default: 500 images evenly spaced over it).
     """
@@ -328,7 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default torch's)")
     p.add_argument("--compile", action="store_true",
-                   help="on the CPU, sample with the model compiled by certcore.compiled (faster; recorded per image)")
+                   help="on the CPU, sample with the model compiled by certcore.engine.compiled "
+                        "(faster; recorded per image)")
     p.add_argument("--data-root", default=None, help="torchvision CIFAR-10 root or ImageNet ImageFolder root")
     p.add_argument("--shared-data", default=None,
                    help="offline data folder (default CERTCORE_SHARED_DATA or ../shared/data)")
@@ -401,7 +402,7 @@ def evaluate(args: argparse.Namespace, ranks: Ranks) -> list[Record] | None:
         "k": ks,
         "seed": args.seed,
         "torch_version": torch.__version__,
-        "certcore_version": certcore.__version__,
+        "certcore_version": __version__,
         "data_file": source.data_file,
     }
     for k in ks:

@@ -20,14 +20,22 @@ from functools import lru_cache
 
 import numpy as np
 
-from certcore.bounds import (
+from certcore.math.bounds import (
     clopper_pearson_lower,
     grid_size,
     round_lower_to_grid,
     round_upper_to_grid,
     simuem_bounds,
 )
-from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_k, check_label, check_probability
+from certcore.math.validation import (
+    check_alpha,
+    check_counts,
+    check_d_e,
+    check_int,
+    check_k,
+    check_label,
+    check_probability,
+)
 
 Bound = float | Fraction
 

@@ -3,7 +3,7 @@
 A results file is JSON lines, one complete line per certified image, appended with flush + fsync, so a crash
 loses at most the image in flight and at worst leaves an incomplete last line. Every line carries the run's
 parameters (``RUN_KEYS``) and the image's label counts, so any k or alpha is re-certified from the file alone
-(``certcore.radius.certify_counts``: the SimuEM bounds of Eq. 8 then Theorem 1, the functions behind a fresh
+(``certcore.math.radius.certify_counts``: the SimuEM bounds of Eq. 8 then Theorem 1, the functions behind a fresh
 run's ``certificate_from_counts``; tests check that both give the stored radii exactly).
 
 Record keys: ``RUN_KEYS`` (identical on every line of a file) and ``index`` (position in the data source),
@@ -11,7 +11,7 @@ Record keys: ``RUN_KEYS`` (identical on every line of a file) and ``index`` (pos
 image, derived from ``seed`` and ``index``), ``radii`` (``{str(k): certified radius of the true label in the
 top-k}``; -1 = not certified, d = trivially in the top-k), ``top_k`` (the max(k) labels with the largest
 counts), ``elapsed_s``, ``device``, ``batch_size``, ``torch_version``, ``certcore_version``, ``data_file``.
-Optional: ``inference`` (``"eager"`` or ``"compiled"``: which form of the model sampled, ``certcore.compiled``;
+Optional: ``inference`` (``"eager"`` or ``"compiled"``: which form of the model sampled, ``certcore.engine.compiled``;
 absent in files written before it was recorded, which were all eager).
 """
 
@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from certcore.radius import certify_counts
-from certcore.validation import check_alpha, check_int, check_k
+from certcore.math.radius import certify_counts
+from certcore.math.validation import check_alpha, check_int, check_k
 
 FORMAT = "certcore-eval-v1"
 RUN_KEYS = ("format", "dataset", "data_source", "checkpoint", "checkpoint_sha256", "n", "e", "d", "alpha", "k", "seed")

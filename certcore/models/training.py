@@ -1,7 +1,7 @@
 """Train a randomized-ablation base classifier: ``python -m certcore.train --dataset cifar10 --arch resnet20 --e 50``.
 
 Every training image gets a fresh random ablation (keep ``e`` pixels) at every step, drawn per image by
-``certcore.ablation.ablate`` from a seeded generator. The reference code of Levine & Feizi draws one mask per
+``certcore.engine.ablation.ablate`` from a seeded generator. The reference code of Levine & Feizi draws one mask per
 minibatch; independent masks per image give training the same input distribution as certification (where each
 ablation is independent), many more distinct masks per step, and therefore lower-variance gradients.
 
@@ -36,23 +36,23 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from certcore.ablation import ablate
-from certcore.checkpoints import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
-from certcore.data import (
-    ImageSet,
-    cifar10_offline,
-    cifar10_torchvision,
-    evaluation_indices,
-    imagenet_folder,
-    shared_data_dir,
-)
-from certcore.models import (
+from certcore.engine.ablation import ablate
+from certcore.models.architectures import (
     ARCHS,
     IMAGENET_MEAN,
     IMAGENET_STD,
     build_model,
     clean_cifar_classifier,
     init_from_clean_cifar,
+)
+from certcore.models.checkpoints import CheckpointError, atomic_torch_save, load_checkpoint, save_checkpoint
+from certcore.models.data import (
+    ImageSet,
+    cifar10_offline,
+    cifar10_torchvision,
+    evaluation_indices,
+    imagenet_folder,
+    shared_data_dir,
 )
 
 ENCODING = "levine-feizi-2c"

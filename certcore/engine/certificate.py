@@ -29,17 +29,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from certcore.bounds import rounded_bounds, simuem_bounds
-from certcore.radius import certified_radius, levine_feizi_radius, radius_limit
-from certcore.sampling import (
+from certcore.engine.sampling import (
     Progress,
     SamplingResult,
     check_image,
     num_classes_of,
     sample_counts,
 )
-from certcore.sweeps import warn_if_too_few_samples
-from certcore.validation import check_alpha, check_counts, check_d_e, check_int, check_label
+from certcore.math.bounds import rounded_bounds, simuem_bounds
+from certcore.math.radius import certified_radius, levine_feizi_radius, radius_limit
+from certcore.math.validation import check_alpha, check_counts, check_d_e, check_int, check_label
+from certcore.version import __version__
+from certcore.views.sweeps import warn_if_too_few_samples
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,6 @@ class Certificate:
         return cls(**fields)
 
 
-def _certcore_version() -> str:
-    from certcore import __version__  # at call time: certcore/__init__ may import this module
-
-    return __version__
-
-
 def top_k_labels(counts: Sequence[int] | np.ndarray, k: int) -> tuple[int, ...]:
     """The k labels with the largest counts, largest first; equal counts: the smaller label first."""
     order = np.argsort(-np.asarray(counts, dtype=np.int64), kind="stable")
@@ -193,7 +188,7 @@ def certificate_from_counts(
         levine_feizi_radius=levine_feizi_radius(n_j, top_k[0], d, e, alpha),
         confidence_fixed_label=1.0 - alpha,
         confidence_selected_labels=max(0.0, 1.0 - 2.0 * alpha),
-        certcore_version=_certcore_version(),
+        certcore_version=__version__,
         label=label,
         run=run,
     )

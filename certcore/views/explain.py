@@ -1,7 +1,7 @@
 """Certificates in words and tables: what the app shows next to the numbers, and why a request cannot certify.
 
 Pure functions of a ``Certificate`` (or of parameters) and class names; no new formula: radii come from
-``certcore.radius``, bounds from the certificate.
+``certcore.math.radius``, bounds from the certificate.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from certcore.certify import Certificate
-from certcore.radius import BoundCurves, bound_curves, certify_counts, levine_feizi_radius
-from certcore.sweeps import too_few_samples
+from certcore.engine.certificate import Certificate
+from certcore.math.radius import BoundCurves, bound_curves, certify_counts, levine_feizi_radius
+from certcore.views.sweeps import too_few_samples
 
 
 def percent(p: float) -> str:
@@ -134,7 +134,7 @@ def reading(cert: Certificate, names: Sequence[str]) -> str:
     """One paragraph (Markdown) saying what the certificate guarantees, with the right confidence.
 
     The true label, fixed before sampling, is certified with confidence 1 - alpha; the top-k labels, selected
-    from the same counts, are certified jointly with confidence 1 - 2 alpha (see ``certcore.certify``).
+    from the same counts, are certified jointly with confidence 1 - 2 alpha (see ``certcore.engine.certificate``).
     Statements are about the smoothed classifier (the vote over random ablations), not the base classifier.
     """
     k, d = cert.k, cert.d
