@@ -8,6 +8,7 @@ import streamlit as st
 
 from certcore.engine.sampling import default_batch_size
 from certcore.evaluation.evaluate import EvaluationError, open_image_source
+from certcore.evaluation.plots import accuracy_runs_figure
 from certcore.evaluation.results import ResultsError, list_result_files, most_complete_run, read_results
 from certcore.evaluation.summarize import summary_data
 from certcore.models.checkpoints import checkpoint_sha256
@@ -18,7 +19,6 @@ from certcore.views.default_result import (
     default_checkpoint_first,
     results_dir,
 )
-from certcore.views.figures import accuracy_runs_figure
 from certcore.views.interactive import ProgressReporter, evaluate_images
 from pages import _ui as ui
 

@@ -6,9 +6,10 @@ import pytest
 
 import certcore.math.bounds
 import certcore.math.radius
+import certcore.math.sample_size
 
 
-@pytest.mark.parametrize("module", [certcore.math.bounds, certcore.math.radius])
+@pytest.mark.parametrize("module", [certcore.math.bounds, certcore.math.radius, certcore.math.sample_size])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

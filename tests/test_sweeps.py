@@ -9,6 +9,7 @@ import pytest
 
 import certcore.views.sweeps
 from certcore import certify_counts
+from certcore.math.sample_size import smallest_certifying_n
 from certcore.views.sweeps import (
     PAPER_LIKE_COUNTS,
     default_grids,
@@ -18,7 +19,6 @@ from certcore.views.sweeps import (
     radius_vs_k,
     radius_vs_n,
     scale_counts,
-    smallest_certifying_n,
 )
 
 COUNTS = list(PAPER_LIKE_COUNTS)

@@ -38,9 +38,9 @@ from certcore.engine.sampling import (
 )
 from certcore.math.bounds import rounded_bounds, simuem_bounds
 from certcore.math.radius import certified_radius, levine_feizi_radius, radius_limit
+from certcore.math.sample_size import warn_if_too_few_samples
 from certcore.math.validation import check_alpha, check_counts, check_d_e, check_int, check_label
 from certcore.version import __version__
-from certcore.views.sweeps import warn_if_too_few_samples
 
 
 @dataclass(frozen=True)

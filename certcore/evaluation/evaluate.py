@@ -47,6 +47,7 @@ from certcore.evaluation.results import (
     scan_results,
     shard_files,
 )
+from certcore.math.sample_size import warn_if_too_few_samples
 from certcore.models.checkpoints import CheckpointError, checkpoint_sha256, load_checkpoint
 from certcore.models.data import (
     DATASETS,
@@ -57,7 +58,6 @@ from certcore.models.data import (
     imagenet_folder,
 )
 from certcore.version import __version__
-from certcore.views.sweeps import warn_if_too_few_samples
 
 IMAGENET_EVAL_SIZE = 500
 BARRIER_TIMEOUT = datetime.timedelta(hours=72)  # ranks wait at the final barrier for the slowest shard

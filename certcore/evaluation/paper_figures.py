@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import plotly.graph_objects as go
 
+from certcore.evaluation.plots import accuracy_curves_figure
 from certcore.evaluation.results import (
     Record,
     accuracy_rows_markdown,
@@ -55,7 +56,6 @@ from certcore.evaluation.results import (
 )
 from certcore.evaluation.summarize import figure_files, write_files
 from certcore.math.validation import check_alpha, check_counts, check_int
-from certcore.views.figures import accuracy_curves_figure
 
 PAPER_ALPHAS = (0.1, 0.01, 0.001, 0.0001)
 PAPER_K = 3  # the paper's default k, used by Figures 3 and 4

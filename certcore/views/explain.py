@@ -17,7 +17,7 @@ import numpy as np
 
 from certcore.engine.certificate import Certificate
 from certcore.math.radius import BoundCurves, bound_curves, certify_counts, levine_feizi_radius
-from certcore.views.sweeps import too_few_samples
+from certcore.math.sample_size import too_few_samples
 
 
 def percent(p: float) -> str:
