@@ -125,3 +125,27 @@ def test_certificate_from_counts_validates_its_inputs() -> None:
         certificate_from_counts([3, -1, 2], d=1024, e=50, k=1, alpha=0.01)
     with pytest.raises(ValueError, match=r"e must be an integer \[1, 1024\]"):
         certificate_from_counts(PAPER_LIKE_COUNTS, d=1024, e=2000, k=1, alpha=0.01)
+
+
+def test_one_certify_call_checks_d_and_e_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inputs are checked where they enter: certify checks d and e, the sampling and the math below trust it
+    (the smallest useful n, a cached public helper, is warmed first so that only the certify path counts)."""
+    import sys
+
+    from certcore.math.validation import check_d_e
+
+    model, args = KeptInFirstRowClassifier().eval(), {"e": E, "k": 3, "n": 200, "alpha": 0.01, "seed": 0, "label": 2}
+    certify(model, IMAGE, **args)
+    calls: list[tuple] = []
+
+    def counted(*a: object) -> tuple[int, int]:
+        calls.append(a)
+        return check_d_e(*a)
+
+    patched = [module for name, module in sys.modules.items()
+               if name.startswith("certcore.") and getattr(module, "check_d_e", None) is check_d_e]
+    assert len(patched) >= 5  # validation, bounds, radius, sample_size, sampling, certificate, ...
+    for module in patched:
+        monkeypatch.setattr(module, "check_d_e", counted)
+    certify(model, IMAGE, **args)
+    assert calls == [(H * W, E)]

@@ -29,15 +29,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from certcore.engine.sampling import (
-    Progress,
-    SamplingResult,
-    check_image,
-    num_classes_of,
-    sample_counts,
+from certcore.engine.sampling import Progress, SamplingResult, _sample, _sampling_job
+from certcore.math.bounds import _rounded_bounds_unchecked, _simuem_bounds_unchecked
+from certcore.math.radius import (
+    _certified_radius_unchecked,
+    _grid,
+    _levine_feizi_radius_unchecked,
+    _radius_limit_unchecked,
 )
-from certcore.math.bounds import rounded_bounds, simuem_bounds
-from certcore.math.radius import certified_radius, levine_feizi_radius, radius_limit
 from certcore.math.sample_size import warn_if_too_few_samples
 from certcore.math.validation import check_alpha, check_counts, check_d_e, check_int, check_label
 from certcore.version import __version__
@@ -158,18 +157,26 @@ def certificate_from_counts(
     k = check_int(k, "k", 1, c - 1)
     alpha = check_alpha(alpha)
     label = None if label is None else check_label(label, c)
+    return _certificate(n_j, d=d, e=e, k=k, alpha=alpha, label=label, run=run)
 
-    lower, upper = simuem_bounds(n_j, alpha)
-    lower_rounded, upper_rounded = rounded_bounds(lower, upper, d, e)
+
+def _certificate(
+    n_j: np.ndarray, *, d: int, e: int, k: int, alpha: float, label: int | None, run: SamplingRun | None
+) -> Certificate:
+    """``certificate_from_counts`` for arguments already checked where they entered (``certify`` or
+    ``certificate_from_counts``): the math below trusts them and checks nothing again."""
+    lower, upper = _simuem_bounds_unchecked(n_j, alpha)
+    lower_rounded, upper_rounded = _rounded_bounds_unchecked(lower, upper, _grid(d, e))
     top_k = top_k_labels(n_j, k)
     reported = top_k if label is None or label in top_k else (*top_k, label)
 
     def label_radius(j: int) -> LabelRadius:
         p_lower, p_uppers = float(lower[j]), np.delete(upper, j)
+        radius = _certified_radius_unchecked(p_lower, p_uppers, d, e, k)
         return LabelRadius(
             label=j,
-            radius=certified_radius(p_lower, p_uppers, d, e, k),
-            radius_limit=radius_limit(p_lower, p_uppers, d, e, k),
+            radius=radius,
+            radius_limit=_radius_limit_unchecked(p_lower, p_uppers, d, e, k, radius=radius),
         )
 
     return Certificate(
@@ -185,7 +192,7 @@ def certificate_from_counts(
         upper_rounded=tuple(float(x) for x in upper_rounded),
         top_k=top_k,
         radii=tuple(label_radius(j) for j in reported),
-        levine_feizi_radius=levine_feizi_radius(n_j, top_k[0], d, e, alpha),
+        levine_feizi_radius=_levine_feizi_radius_unchecked(n_j, top_k[0], d, e, alpha),
         confidence_fixed_label=1.0 - alpha,
         confidence_selected_labels=max(0.0, 1.0 - 2.0 * alpha),
         certcore_version=__version__,
@@ -215,23 +222,18 @@ def certify(
 
     ``sample_counts`` then ``certificate_from_counts`` (see both, and the module docstring for the guarantee:
     the true ``label`` is certified with probability >= 1 - alpha, the data-selected top-k with >= 1 - 2 alpha).
-    All parameters are validated before any sampling (c is read from the model unless ``num_classes`` is
-    given), and a ``SampleSizeWarning`` names the smallest useful n when n samples can never certify.
+    All parameters are validated once, here, before any sampling (c is read from the model unless
+    ``num_classes`` is given); the sampling loop and the math below trust them. A ``SampleSizeWarning`` names
+    the smallest useful n when n samples can never certify.
     ``checkpoint`` (a hash or name of the weights) is recorded in the certificate's ``run``. ``batch_size``,
     ``device`` and ``workers`` go to ``sample_counts`` (speed only: on a CPU they do not change the counts).
     """
-    _, height, width = check_image(image).shape
-    check_d_e(height * width, e)
-    check_int(n, "n", 1)
-    check_alpha(alpha)
-    classes = num_classes_of(model, image, device) if num_classes is None else check_int(num_classes, "num_classes", 2)
-    check_int(k, "k", 1, classes - 1)
-    if label is not None:
-        check_label(label, classes)
-    warn_if_too_few_samples(n, num_classes=classes, d=height * width, e=e, k=k, alpha=alpha)
-    sampled = sample_counts(
-        model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=classes, progress=progress,
-        workers=workers,
-    )
-    run = SamplingRun.of(sampled, seed, checkpoint)
-    return certificate_from_counts(sampled.counts, d=height * width, e=e, k=k, alpha=alpha, label=label, run=run)
+    job = _sampling_job(model, image, e, n, seed=seed, batch_size=batch_size, device=device,
+                        num_classes=num_classes, workers=workers)
+    alpha = check_alpha(alpha)
+    k = check_int(k, "k", 1, job.num_classes - 1)
+    label = None if label is None else check_label(label, job.num_classes)
+    warn_if_too_few_samples(job.n, num_classes=job.num_classes, d=job.d, e=job.e, k=k, alpha=alpha)
+    sampled = _sample(job, progress)
+    run = SamplingRun.of(sampled, job.seed, checkpoint)
+    return _certificate(sampled.counts, d=job.d, e=job.e, k=k, alpha=alpha, label=label, run=run)

@@ -177,7 +177,12 @@ def num_classes_of(model: nn.Module, image: torch.Tensor, device: torch.device |
     """The number of classes c of ``model``, read from its logits for one fully ablated copy of ``image``."""
     _check_eval_mode(model)
     dev = resolve_device(model, device)
-    c, h, w = check_image(image).shape
+    return _num_classes_unchecked(model, check_image(image), dev)
+
+
+def _num_classes_unchecked(model: nn.Module, image: torch.Tensor, dev: torch.device) -> int:
+    """``num_classes_of`` for a checked model (eval mode), image and device."""
+    c, h, w = image.shape
     try:
         with torch.inference_mode():
             logits = _logits(model, torch.zeros(1, *encoded_shape((c, h, w)), device=dev), None)
@@ -293,7 +298,45 @@ def sample_counts(
     ``workers`` (CPU only, default ``default_workers``) is the number of batches classified at once; it does
     not change the counts. On a GPU it must be 1.
     """
-    started = time.perf_counter()
+    job = _sampling_job(model, image, e, n, seed=seed, batch_size=batch_size, device=device,
+                        num_classes=num_classes, workers=workers)
+    return _sample(job, progress)
+
+
+@dataclass(frozen=True, eq=False)
+class _SamplingJob:
+    """The arguments of ``sample_counts`` after their one check (``_sampling_job``): what ``_sample`` trusts."""
+
+    model: nn.Module
+    image: torch.Tensor
+    e: int
+    n: int
+    seed: int
+    batch_size: int
+    device: torch.device
+    num_classes: int
+    workers: int
+
+    @property
+    def d(self) -> int:
+        """Pixels of the image, H * W."""
+        return self.image.shape[1] * self.image.shape[2]
+
+
+def _sampling_job(
+    model: nn.Module,
+    image: torch.Tensor,
+    e: int,
+    n: int,
+    *,
+    seed: int,
+    batch_size: int | None,
+    device: torch.device | str | None,
+    num_classes: int | None,
+    workers: int | None,
+) -> _SamplingJob:
+    """Check the arguments of ``sample_counts`` once, where they enter, and fill in the defaults (c is read from
+    the model unless ``num_classes`` is given). ValueError naming the parameter otherwise."""
     dev = resolve_device(model, device)
     image = check_image(image)
     _, height, width = image.shape
@@ -305,10 +348,18 @@ def sample_counts(
     workers = default_workers(dev) if workers is None else check_int(workers, "workers", 1)
     if workers > 1 and dev.type != "cpu":
         raise ValueError(f"workers must be 1 on {dev.type} (batches take turns on a GPU), got {workers}")
-    c = num_classes_of(model, image, dev) if num_classes is None else check_int(num_classes, "num_classes", 2)
+    c = _num_classes_unchecked(model, image, dev) if num_classes is None else check_int(num_classes, "num_classes", 2)
+    return _SamplingJob(model, image, e, n, seed, batch_size, dev, c, workers)
 
-    x = image.to(dev, torch.float32).unsqueeze(0)
-    generator = torch.Generator(device=dev).manual_seed(seed)
+
+def _sample(job: _SamplingJob, progress: Progress | None) -> SamplingResult:
+    """The sampling loop of ``sample_counts`` for a checked job; the clock starts here."""
+    started = time.perf_counter()
+    model, e, n, batch_size, dev, c, workers = (
+        job.model, job.e, job.n, job.batch_size, job.device, job.num_classes, job.workers)
+    _, height, width = job.image.shape
+    x = job.image.to(dev, torch.float32).unsqueeze(0)
+    generator = torch.Generator(device=dev).manual_seed(job.seed)
     counts = torch.zeros(c, dtype=torch.int64, device=dev)
     done = 0
 

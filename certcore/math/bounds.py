@@ -42,8 +42,11 @@ def simuem_bounds(counts: Sequence[int] | np.ndarray, alpha: float) -> tuple[np.
     >>> float(lo[1]), float(up[0])
     (0.0, 1.0)
     """
-    n_j = check_counts(counts)
-    check_alpha(alpha)
+    return _simuem_bounds_unchecked(check_counts(counts), check_alpha(alpha))
+
+
+def _simuem_bounds_unchecked(n_j: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``simuem_bounds`` for counts and alpha already checked (``check_counts``, ``check_alpha``)."""
     n, c = int(n_j.sum()), len(n_j)
     level = alpha / c
     return clopper_pearson_lower(n_j, n, level), clopper_pearson_upper(n_j, n, level)
@@ -75,6 +78,14 @@ def rounded_bounds(
     Returned as floats for display; the exact integers behind them are what ``certified_radius`` uses.
     """
     grid = grid_size(d, e)
-    lo = [float(Fraction(round_lower_to_grid(check_probability(p, "lower"), grid), grid)) for p in lower]
-    up = [float(Fraction(round_upper_to_grid(check_probability(p, "upper"), grid), grid)) for p in upper]
+    return _rounded_bounds_unchecked([check_probability(p, "lower") for p in lower],
+                                     [check_probability(p, "upper") for p in upper], grid)
+
+
+def _rounded_bounds_unchecked(
+    lower: Sequence[float | Fraction] | np.ndarray, upper: Sequence[float | Fraction] | np.ndarray, grid: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``rounded_bounds`` for bounds already known to be probabilities and ``grid`` = C(d, e) of a valid d, e."""
+    lo = [float(Fraction(round_lower_to_grid(p, grid), grid)) for p in lower]
+    up = [float(Fraction(round_upper_to_grid(p, grid), grid)) for p in upper]
     return np.array(lo), np.array(up)

@@ -21,11 +21,10 @@ from functools import lru_cache
 import numpy as np
 
 from certcore.math.bounds import (
+    _simuem_bounds_unchecked,
     clopper_pearson_lower,
-    grid_size,
     round_lower_to_grid,
     round_upper_to_grid,
-    simuem_bounds,
 )
 from certcore.math.validation import (
     check_alpha,
@@ -42,7 +41,8 @@ Bound = float | Fraction
 
 @lru_cache(maxsize=64)
 def _grid(d: int, e: int) -> int:
-    return grid_size(d, e)
+    """C(d, e) for a checked d, e; cached (it has ~2,100 digits at ImageNet size)."""
+    return math.comb(d, e)
 
 
 def _log_comb(n: int, e: int) -> float:
@@ -97,19 +97,24 @@ def _upsilon_sums(lower: int, top_uppers: list[int], grid: int) -> list[int]:
     return sums
 
 
+def _checked_bounds(
+    p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int, e: int, k: int
+) -> tuple[Fraction, list[Bound], int, int, int]:
+    """The arguments of Theorem 1, checked once where they enter: (p_lower, p_uppers, d, e, k)."""
+    d, e = check_d_e(d, e)
+    k = check_k(k)
+    return check_probability(p_lower, "p_lower"), _check_uppers(p_uppers), d, e, k
+
+
 def _rounded_inputs(
     p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int, e: int, k: int
 ) -> tuple[int, int, list[int]] | None:
-    """(N, L, Upsilon sums) after validation and Eq. 4, or None when fewer than k other labels exist."""
-    d, e = check_d_e(d, e)
-    k = check_k(k)
-    p_l = check_probability(p_lower, "p_lower")
-    uppers = _check_uppers(p_uppers)
-    if len(uppers) < k:
+    """(N, L, Upsilon sums) after Eq. 4 for checked arguments, or None when fewer than k other labels exist."""
+    if len(p_uppers) < k:
         return None
     grid = _grid(d, e)
-    lower = round_lower_to_grid(p_l, grid)
-    top = [round_upper_to_grid(p, grid) for p in heapq.nlargest(k, uppers)]
+    lower = round_lower_to_grid(p_lower, grid)
+    top = [round_upper_to_grid(p, grid) for p in heapq.nlargest(k, p_uppers)]
     return grid, lower, _upsilon_sums(lower, top, grid)
 
 
@@ -136,6 +141,11 @@ def certified_radius(p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: 
     >>> certified_radius(0.4, [0.5], d=1024, e=50, k=1)
     -1
     """
+    return _certified_radius_unchecked(*_checked_bounds(p_lower, p_uppers, d, e, k))
+
+
+def _certified_radius_unchecked(p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int, e: int, k: int) -> int:
+    """``certified_radius`` for arguments already checked (``_checked_bounds`` or the caller's own checks)."""
     rounded = _rounded_inputs(p_lower, p_uppers, d, e, k)
     if rounded is None:
         return int(d)
@@ -152,15 +162,28 @@ def certify_counts(counts: Sequence[int] | np.ndarray, label: int, d: int, e: in
     """
     n_j = check_counts(counts)
     label = check_label(label, len(n_j))
-    lower, upper = simuem_bounds(n_j, alpha)
-    return certified_radius(float(lower[label]), np.delete(upper, label), d, e, k)
+    alpha = check_alpha(alpha)
+    d, e = check_d_e(d, e)
+    return _certify_counts_unchecked(n_j, label, d, e, check_k(k), alpha)
+
+
+def _certify_counts_unchecked(n_j: np.ndarray, label: int, d: int, e: int, k: int, alpha: float) -> int:
+    """``certify_counts`` for checked arguments (``n_j`` an int64 array from ``check_counts``)."""
+    lower, upper = _simuem_bounds_unchecked(n_j, alpha)
+    return _certified_radius_unchecked(float(lower[label]), np.delete(upper, label), d, e, k)
 
 
 def unrounded_top1_radius(p_lower: Bound, p_upper: Bound, d: int, e: int) -> int:
     """Levine & Feizi's top-1 condition on given bounds, without Eq. 4: the largest r with
     ``p_lower - p_upper > 2 D(r)``, or -1. (The paper's comparison in Section 2.2.)"""
     d, e = check_d_e(d, e)
-    gap = check_probability(p_lower, "p_lower") - check_probability(p_upper, "p_upper")
+    return _unrounded_top1_radius_unchecked(check_probability(p_lower, "p_lower"),
+                                            check_probability(p_upper, "p_upper"), d, e)
+
+
+def _unrounded_top1_radius_unchecked(p_lower: Fraction, p_upper: Fraction, d: int, e: int) -> int:
+    """``unrounded_top1_radius`` for checked arguments (exact Fractions)."""
+    gap = p_lower - p_upper
     grid = _grid(d, e)
     # gap > 2 (N - M) / N  <=>  M > N (1 - gap / 2)
     threshold = grid * (1 - gap / 2)
@@ -172,9 +195,15 @@ def levine_feizi_radius(counts: Sequence[int] | np.ndarray, label: int, d: int, 
     at level alpha (not alpha/c), the runner-up's upper bound taken as 1 minus it, and no Eq. 4 rounding."""
     n_j = check_counts(counts)
     label = check_label(label, len(n_j))
-    check_alpha(alpha)
+    alpha = check_alpha(alpha)
+    d, e = check_d_e(d, e)
+    return _levine_feizi_radius_unchecked(n_j, label, d, e, alpha)
+
+
+def _levine_feizi_radius_unchecked(n_j: np.ndarray, label: int, d: int, e: int, alpha: float) -> int:
+    """``levine_feizi_radius`` for checked arguments."""
     p = Fraction(float(clopper_pearson_lower(n_j[label : label + 1], int(n_j.sum()), alpha)[0]))
-    return unrounded_top1_radius(p, 1 - p, d, e)
+    return _unrounded_top1_radius_unchecked(p, 1 - p, d, e)
 
 
 def radius_limit(p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int, e: int, k: int) -> int | None:
@@ -185,12 +214,20 @@ def radius_limit(p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int,
     classifier consistent with the bounds pushes l out of the top-k (or ties). Returns that number (r_l for k = 1,
     r_l + 1 for k > 1), or None when an assumption fails, l is not certified, or l is trivially in the top-k.
     """
-    r = certified_radius(p_lower, p_uppers, d, e, k)
+    checked = _checked_bounds(p_lower, p_uppers, d, e, k)
+    return _radius_limit_unchecked(*checked, radius=_certified_radius_unchecked(*checked))
+
+
+def _radius_limit_unchecked(
+    p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int, e: int, k: int, *, radius: int
+) -> int | None:
+    """``radius_limit`` for checked arguments whose certified radius is ``radius``."""
+    r = radius
     if r < 0 or len(p_uppers) < k:
         return None
     grid = _grid(d, e)
-    lower = round_lower_to_grid(check_probability(p_lower, "p_lower"), grid)
-    uppers = sorted((round_upper_to_grid(check_probability(p, "p_uppers"), grid) for p in p_uppers), reverse=True)
+    lower = round_lower_to_grid(p_lower, grid)
+    uppers = sorted((round_upper_to_grid(p, grid) for p in p_uppers), reverse=True)
     assumptions = (
         d - r - 2 >= e - 1,
         lower + sum(uppers[:k]) <= grid,
@@ -218,6 +255,7 @@ def bound_curves(
     p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int, e: int, k: int, r_max: int
 ) -> BoundCurves:
     """The left side, right side and each t-term of Eq. 6 for r = 0..r_max (what the app plots)."""
+    p_lower, p_uppers, d, e, k = _checked_bounds(p_lower, p_uppers, d, e, k)
     rounded = _rounded_inputs(p_lower, p_uppers, d, e, k)
     if rounded is None:
         raise ValueError(f"k must be at most the number of other labels ({len(p_uppers)}), got {k}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 import warnings
 from functools import lru_cache
 
-from certcore.math.radius import certify_counts
-from certcore.math.validation import check_int, check_k
+import numpy as np
+
+from certcore.math.radius import _certify_counts_unchecked
+from certcore.math.validation import check_alpha, check_d_e, check_int, check_k
 
 
 @lru_cache(maxsize=256)
@@ -31,9 +33,11 @@ def smallest_certifying_n(
     k = check_k(k)
     if k >= c:
         return None
+    alpha = check_alpha(alpha)
+    d, e = check_d_e(d, e)
 
     def certifies(n: int) -> bool:
-        return certify_counts([n] + [0] * (c - 1), 0, d, e, k, alpha) >= 0
+        return _certify_counts_unchecked(np.array([n] + [0] * (c - 1), dtype=np.int64), 0, d, e, k, alpha) >= 0
 
     hi = 1
     while not certifies(hi):
