@@ -24,7 +24,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -513,20 +513,91 @@ def fmt_time(seconds: float) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
+@dataclass
+class Run:
+    """What the steps of one training run share: the model (DDP-wrapped when distributed) and its unwrapped
+    ``core``, the teacher, optimiser and schedule, the data order and the seeded generators, the history, where
+    the run stands (epoch, step in it, steps done) and the clock (training seconds of earlier sessions)."""
+
+    model: nn.Module
+    core: nn.Module
+    teacher: nn.Module | None
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    sampler: DistributedSampler
+    per_rank: int
+    steps_per_epoch: int
+    total_steps: int
+    first_seed: int
+    aug: torch.Generator
+    abl: torch.Generator
+    config: dict[str, Any]
+    state_paths: list[str]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    elapsed_before: float = 0.0
+    session_start: float = 0.0
+    session_steps: int = 0
+
+    def position(self, step_in_epoch: int, now: float) -> dict[str, Any]:
+        """The position record of the saved state at ``step_in_epoch`` of the current epoch, at time ``now``."""
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": step_in_epoch,
+            "global_step": self.global_step,
+            "elapsed_s": self.elapsed_before + now - self.session_start,
+        }
+
+    def save(self, position: dict[str, Any], d: Dist) -> None:
+        """Write the resumable state at ``position`` (``save_state``)."""
+        save_state(self.state_paths, self.core, self.opt, self.sched, position, [self.aug, self.abl], self.history,
+                   self.config, d)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any] | None:
-    """Train (or resume), evaluate and write the checkpoint; returns its metadata (None if stopped early)."""
+    """Train (or resume), evaluate and write the checkpoint; returns its metadata (None if stopped early).
+
+    The steps, in order: parse the options, start the process (threads, seeds), read the state to resume (before
+    the data: a wrong --resume fails fast), load the data, build the model and optimiser, restore the state, run
+    the epochs, export the checkpoint.
+    """
     args = parse_args(argv)
+    d = start_process(args)
+    config = run_config(args, d)
+    saved_state = state_to_resume(args, config)
+    data = load_data(args)
+    log(
+        d,
+        f"data: {data.source}: {len(data.train)} train, {len(data.val)} held-out val"
+        + (f", {len(data.evaluation)} evaluation" if data.evaluation else ""),
+    )
+    run = build_run(args, d, data, config)
+    if saved_state is not None:
+        resume(run, saved_state, d)
+    if not train_epochs(run, args, d, data):
+        return None
+    return export(run, args, d, data)
+
+
+def start_process(args: argparse.Namespace) -> Dist:
+    """This process's place in the run (torchrun rank and device), its CPU threads and its seeds; SystemExit
+    when the batch does not split evenly over the processes."""
     d = setup_distributed(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.batch_size % d.world:
         raise SystemExit(f"--batch-size {args.batch_size} is not divisible by the {d.world} processes")
-    per_rank = args.batch_size // d.world
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     random.seed(args.seed)
-    config = run_config(args, d)
-    saved_state = load_state(args) if args.resume else None  # read and checked before the data: fails fast
+    return d
+
+
+def state_to_resume(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved state with --resume (None without), after checking that it was saved with the same options."""
+    saved_state = load_state(args) if args.resume else None
     if saved_state is not None:
         saved = json.loads(saved_state["config"])
         diff = {
@@ -536,13 +607,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
         }
         if diff:
             raise SystemExit(f"--resume: options differ from the saved run (saved, now): {diff}")
+    return saved_state
 
-    data = load_data(args)
-    log(
-        d,
-        f"data: {data.source}: {len(data.train)} train, {len(data.val)} held-out val"
-        + (f", {len(data.evaluation)} evaluation" if data.evaluation else ""),
-    )
+
+def build_run(args: argparse.Namespace, d: Dist, data: TrainData, config: dict[str, Any]) -> Run:
+    """The model (and teacher), the data order, SGD with its schedule and the seeded augmentation and ablation
+    generators of a run at its start."""
+    per_rank = args.batch_size // d.world
     model = build(args, len(data.class_names), d)
     teacher = build_teacher(args, d)
     core = model
@@ -562,129 +633,150 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     first_seed = args.seed * 1000 + 2 * d.rank  # augmentation, then ablation
     aug = torch.Generator(device=d.device).manual_seed(first_seed)
     abl = torch.Generator(device=d.device).manual_seed(first_seed + 1)
-    history: list[dict[str, Any]] = []
-    epoch, step_in_epoch, global_step, elapsed = 0, 0, 0, 0.0
-
-    if saved_state is not None:
-        core.load_state_dict(saved_state["model"])
-        opt.load_state_dict(saved_state["optimizer"])
-        sched.load_state_dict(saved_state["scheduler"])
-        rng_restore(saved_state["rng"])
-        history = json.loads(saved_state["history"])
-        pos = saved_state["position"]
-        epoch, step_in_epoch, global_step, elapsed = (
-            pos["epoch"],
-            pos["step_in_epoch"],
-            pos["global_step"],
-            pos["elapsed_s"],
-        )
-        gen_states = saved_state["generators"][d.rank]
-        moved = restore_generators([aug, abl], gen_states, [first_seed, first_seed + 1], global_step)
-        log(d, f"resumed at epoch {epoch + 1}, step {step_in_epoch}/{steps_per_epoch} (global step {global_step})")
-        if moved:
-            log(d, f"the state was written on another device type: augmentation and ablation generators on "
-                   f"{d.device.type} reseeded from (seed, global step); the run goes on, not bit-identical")
-
     state_paths = [p for p in (args.state, args.state_copy) if p]
+    return Run(model, core, teacher, opt, sched, sampler, per_rank, steps_per_epoch, total_steps, first_seed, aug, abl,
+               config, state_paths)
+
+
+def resume(run: Run, saved_state: dict[str, Any], d: Dist) -> None:
+    """Put a saved state back: weights, optimiser, schedule, RNG states, history and position."""
+    run.core.load_state_dict(saved_state["model"])
+    run.opt.load_state_dict(saved_state["optimizer"])
+    run.sched.load_state_dict(saved_state["scheduler"])
+    rng_restore(saved_state["rng"])
+    run.history = json.loads(saved_state["history"])
+    pos = saved_state["position"]
+    run.epoch, run.step_in_epoch, run.global_step, run.elapsed_before = (
+        pos["epoch"],
+        pos["step_in_epoch"],
+        pos["global_step"],
+        pos["elapsed_s"],
+    )
+    gen_states = saved_state["generators"][d.rank]
+    moved = restore_generators([run.aug, run.abl], gen_states, [run.first_seed, run.first_seed + 1], run.global_step)
+    log(d, f"resumed at epoch {run.epoch + 1}, step {run.step_in_epoch}/{run.steps_per_epoch} "
+           f"(global step {run.global_step})")
+    if moved:
+        log(d, f"the state was written on another device type: augmentation and ablation generators on "
+               f"{d.device.type} reseeded from (seed, global step); the run goes on, not bit-identical")
+
+
+def train_epochs(run: Run, args: argparse.Namespace, d: Dist, data: TrainData) -> bool:
+    """The epochs from the run's position to --epochs (none with --snapshot). False when --stop-after-steps
+    stopped the run (nothing saved)."""
     log(
         d,
         f"training {args.arch} e={args.e} on {d.device} x{d.world}, {torch.get_num_threads()} threads, "
-        f"{args.epochs} epochs x {steps_per_epoch} steps, batch {args.batch_size}",
+        f"{args.epochs} epochs x {run.steps_per_epoch} steps, batch {args.batch_size}",
     )
-    session_start, session_steps = time.time(), 0
-    model.train()
+    run.session_start, run.session_steps = time.time(), 0
+    run.model.train()
     if args.snapshot and not args.resume:
         raise SystemExit("--snapshot needs --resume (it exports the saved state of a run)")
-    while epoch < args.epochs and not args.snapshot:
-        batches = batches_for_epoch(sampler, epoch, per_rank)[:steps_per_epoch]
-        window = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
-        t_window = time.time()
-        for b, (x, y) in enumerate(
-            iterate_batches(data.train, batches[step_in_epoch:], args, d, aug), start=step_in_epoch
-        ):
-            enc = ablate(x, args.e, abl).contiguous(memory_format=torch.channels_last)
-            logits = model(enc)
-            if teacher is None:
-                loss = F.cross_entropy(logits, y)
-            else:
-                with torch.inference_mode():
-                    teacher_logits = teacher(x.contiguous(memory_format=torch.channels_last))
-                loss = distillation_loss(logits, teacher_logits, y, args.distill_weight, args.distill_temperature)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            global_step += 1
-            session_steps += 1
-            window += torch.tensor(
-                [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
-            )
-            if args.stop_after_steps and global_step >= args.stop_after_steps:
-                log(d, f"stopping after {global_step} steps without saving (--stop-after-steps)")
-                return None
-            now = time.time()
-            if (b + 1) % args.log_every == 0 or b + 1 == steps_per_epoch:
-                ips = window[2].item() * d.world / max(now - t_window, 1e-9)
-                eta = (now - session_start) / session_steps * (total_steps - global_step)
-                log(
-                    d,
-                    f"epoch {epoch + 1}/{args.epochs} step {b + 1}/{steps_per_epoch} "
-                    f"loss {window[0].item() / window[2].item():.4f} acc {window[1].item() / window[2].item():.4f} "
-                    f"lr {sched.get_last_lr()[0]:.5f} {ips:.0f} img/s ETA {fmt_time(eta)}",
-                )
-                window.zero_()
-                t_window = now
-            if args.save_every_steps and global_step % args.save_every_steps == 0 and b + 1 < steps_per_epoch:
-                pos = {
-                    "epoch": epoch,
-                    "step_in_epoch": b + 1,
-                    "global_step": global_step,
-                    "elapsed_s": elapsed + now - session_start,
-                }
-                save_state(state_paths, core, opt, sched, pos, [aug, abl], history, config, d)
-        val_acc = ablated_accuracy(core, data.val, args.e, 1, d)
-        epoch, step_in_epoch = epoch + 1, 0
-        history.append(
-            {
-                "epoch": epoch,
-                "val_ablated_acc": val_acc,
-                "lr": sched.get_last_lr()[0],
-                "elapsed_s": round(elapsed + time.time() - session_start, 1),
-                "device": device_name(d),
-            }
-        )
-        log(
-            d,
-            f"epoch {epoch}/{args.epochs} done: held-out val ablated acc {val_acc:.4f} "
-            f"({len(data.val)} images, 1 ablation each)",
-        )
-        pos = {
-            "epoch": epoch,
-            "step_in_epoch": 0,
-            "global_step": global_step,
-            "elapsed_s": elapsed + time.time() - session_start,
-        }
-        save_state(state_paths, core, opt, sched, pos, [aug, abl], history, config, d)
+    while run.epoch < args.epochs and not args.snapshot:
+        if not train_epoch(run, args, d, data):
+            return False
+        end_epoch(run, args, d, data)
+    return True
 
-    train_time = elapsed + time.time() - session_start
-    recalibrate_batchnorm(core, data.train, args, d)
+
+def train_epoch(run: Run, args: argparse.Namespace, d: Dist, data: TrainData) -> bool:
+    """The steps of the current epoch from the run's step in it: logs every --log-every steps and saves the state
+    every --save-every-steps steps. False when --stop-after-steps is reached."""
+    batches = batches_for_epoch(run.sampler, run.epoch, run.per_rank)[: run.steps_per_epoch]
+    window = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, count
+    t_window = time.time()
+    for b, (x, y) in enumerate(
+        iterate_batches(data.train, batches[run.step_in_epoch :], args, d, run.aug), start=run.step_in_epoch
+    ):
+        loss, logits = train_step(run, args, x, y)
+        run.global_step += 1
+        run.session_steps += 1
+        window += torch.tensor(
+            [loss.item() * len(y), (logits.argmax(1) == y).sum().item(), len(y)], dtype=torch.float64
+        )
+        if args.stop_after_steps and run.global_step >= args.stop_after_steps:
+            log(d, f"stopping after {run.global_step} steps without saving (--stop-after-steps)")
+            return False
+        now = time.time()
+        if (b + 1) % args.log_every == 0 or b + 1 == run.steps_per_epoch:
+            ips = window[2].item() * d.world / max(now - t_window, 1e-9)
+            eta = (now - run.session_start) / run.session_steps * (run.total_steps - run.global_step)
+            log(
+                d,
+                f"epoch {run.epoch + 1}/{args.epochs} step {b + 1}/{run.steps_per_epoch} "
+                f"loss {window[0].item() / window[2].item():.4f} acc {window[1].item() / window[2].item():.4f} "
+                f"lr {run.sched.get_last_lr()[0]:.5f} {ips:.0f} img/s ETA {fmt_time(eta)}",
+            )
+            window.zero_()
+            t_window = now
+        if args.save_every_steps and run.global_step % args.save_every_steps == 0 and b + 1 < run.steps_per_epoch:
+            run.save(run.position(b + 1, now), d)
+    return True
+
+
+def train_step(run: Run, args: argparse.Namespace, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One optimiser step on a batch: a fresh ablation per image, the loss (distilled with a teacher), backward,
+    SGD and schedule steps. Returns (loss, logits)."""
+    enc = ablate(x, args.e, run.abl).contiguous(memory_format=torch.channels_last)
+    logits = run.model(enc)
+    if run.teacher is None:
+        loss = F.cross_entropy(logits, y)
+    else:
+        with torch.inference_mode():
+            teacher_logits = run.teacher(x.contiguous(memory_format=torch.channels_last))
+        loss = distillation_loss(logits, teacher_logits, y, args.distill_weight, args.distill_temperature)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    run.opt.step()
+    run.sched.step()
+    return loss, logits
+
+
+def end_epoch(run: Run, args: argparse.Namespace, d: Dist, data: TrainData) -> None:
+    """After an epoch: held-out accuracy (1 ablation per image) into the history, then the state saved."""
+    val_acc = ablated_accuracy(run.core, data.val, args.e, 1, d)
+    run.epoch, run.step_in_epoch = run.epoch + 1, 0
+    run.history.append(
+        {
+            "epoch": run.epoch,
+            "val_ablated_acc": val_acc,
+            "lr": run.sched.get_last_lr()[0],
+            "elapsed_s": round(run.elapsed_before + time.time() - run.session_start, 1),
+            "device": device_name(d),
+        }
+    )
+    log(
+        d,
+        f"epoch {run.epoch}/{args.epochs} done: held-out val ablated acc {val_acc:.4f} "
+        f"({len(data.val)} images, 1 ablation each)",
+    )
+    run.save(run.position(0, time.time()), d)
+
+
+def export(run: Run, args: argparse.Namespace, d: Dist, data: TrainData) -> dict[str, Any] | None:
+    """Recompute the BatchNorm statistics, measure the final accuracies and write the checkpoint (main process);
+    returns its metadata (None on the other processes)."""
+    train_time = run.elapsed_before + time.time() - run.session_start
+    recalibrate_batchnorm(run.core, data.train, args, d)
     status = (
         "finished"
-        if epoch >= args.epochs
-        else f"snapshot at step {global_step} of {total_steps} ({epoch} of {args.epochs} epochs done; unfinished)"
+        if run.epoch >= args.epochs
+        else f"snapshot at step {run.global_step} of {run.total_steps} ({run.epoch} of {args.epochs} epochs done; "
+        f"unfinished)"
     )
     log(d, f"{status}; BN statistics recomputed on {args.bn_batches} training batches")
     accuracies: dict[str, Any] = {
         "eval_repeats": args.eval_repeats,
         "eval_seed": EVAL_SEED,
-        "val_ablated": ablated_accuracy(core, data.val, args.e, args.eval_repeats, d),
+        "val_ablated": ablated_accuracy(run.core, data.val, args.e, args.eval_repeats, d),
     }
     if data.evaluation is not None:
-        accuracies["eval500_ablated"] = ablated_accuracy(core, data.evaluation, args.e, args.eval_repeats, d)
+        accuracies["eval500_ablated"] = ablated_accuracy(run.core, data.evaluation, args.e, args.eval_repeats, d)
     log(d, f"final accuracies: {accuracies}")
     meta = None
     if d.main:
-        meta = save_checkpoint(args.out, core, metadata(args, d, data, accuracies, history, train_time, status))
+        meta = save_checkpoint(args.out, run.core, metadata(args, d, data, accuracies, run.history, train_time, status))
         log(d, f"wrote {args.out} (weights sha256 {meta['weights_sha256'][:16]}...)")
     if d.world > 1:
         dist.barrier()
