@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,3 +46,13 @@ def test_import_certcore_is_light():
     code = "import sys, certcore; certcore.certified_radius; print(sorted({'torch', 'streamlit'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_every_subpackage_and_its_data_is_packaged():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    root = Path(certcore.__file__).parent
+    config = tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = {".".join(("certcore", *p.parent.relative_to(root).parts)) for p in root.rglob("__init__.py")}
+    assert set(config["packages"]) == found
+    data = config["package-data"]["certcore"]
+    assert "default_certificate.json" in data and "samples/imagenet/*.jpg" in data
