@@ -561,7 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
 
     The steps, in order: parse the options, start the process (threads, seeds), read the state to resume (before
     the data: a wrong --resume fails fast), load the data, build the model and optimiser, restore the state, run
-    the epochs, export the checkpoint.
+    the epochs, export the checkpoint, leave the process group.
     """
     args = parse_args(argv)
     d = start_process(args)
@@ -576,9 +576,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | None:
     run = build_run(args, d, data, config)
     if saved_state is not None:
         resume(run, saved_state, d)
-    if not train_epochs(run, args, d, data):
-        return None
-    return export(run, args, d, data)
+    meta = export(run, args, d, data) if train_epochs(run, args, d, data) else None
+    end_process(d)
+    return meta
 
 
 def start_process(args: argparse.Namespace) -> Dist:
@@ -778,10 +778,15 @@ def export(run: Run, args: argparse.Namespace, d: Dist, data: TrainData) -> dict
     if d.main:
         meta = save_checkpoint(args.out, run.core, metadata(args, d, data, accuracies, run.history, train_time, status))
         log(d, f"wrote {args.out} (weights sha256 {meta['weights_sha256'][:16]}...)")
+    return meta
+
+
+def end_process(d: Dist) -> None:
+    """Leave the process group (torchrun), also after --stop-after-steps: a process that exits with the group
+    still open can abort in its C++ teardown ("terminate called without an active exception")."""
     if d.world > 1:
         dist.barrier()
         dist.destroy_process_group()
-    return meta
 
 
 def metadata(
