@@ -8,6 +8,7 @@ on first use (PEP 562): ``from certcore import load_checkpoint`` works, while ``
 from importlib import import_module
 from typing import Any
 
+from certcore.anytime import anytime_bounds
 from certcore.bounds import clopper_pearson_lower, clopper_pearson_upper, rounded_bounds, simuem_bounds
 from certcore.paper import PAPER_ROWS, PaperRow, paper_rows, paper_table_markdown
 from certcore.radius import (
@@ -64,6 +65,7 @@ __all__ = [
     "PaperRow",
     "ResultsError",
     "accuracy_table",
+    "anytime_bounds",
     "bound_curves",
     "certified_accuracy",
     "certified_radius",
