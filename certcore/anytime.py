@@ -48,7 +48,7 @@ def _log_likelihood(q: np.ndarray, counts: np.ndarray, n: np.ndarray) -> np.ndar
 
 def _excluded_end(lo: np.ndarray, hi: np.ndarray, counts, n, cut, excluded_at_lo: bool) -> np.ndarray:
     """Bisection on [lo, hi] (vectorised), where the log likelihood is monotone and crosses ``cut`` once; returns
-    the bracket end that is still excluded (the conservative side), so float rounding never widens coverage away."""
+    the bracket end that is still excluded (the conservative side), so float rounding can only loosen the bound."""
     for _ in range(_BISECTIONS):
         mid = 0.5 * (lo + hi)
         out = _log_likelihood(mid, counts, n) <= cut
@@ -89,7 +89,11 @@ def anytime_bounds(counts: Sequence[int] | np.ndarray, alpha: float) -> tuple[np
     (Howard et al. 2021; see the module docstring), prior Beta(1/2, 1/2).
 
     For any label l fixed before sampling, with probability >= 1 - alpha, at every n at once, ``lower[l] <= p_l``
-    and ``upper[j] >= p_j`` for all j != l: valid whenever sampling stops. Never tighter than ``simuem_bounds``.
+    and ``upper[j] >= p_j`` for all j != l: valid whenever sampling stops.
+
+    Never tighter than ``simuem_bounds`` at the same counts: the lower bound is non-decreasing in the count (prior
+    with a + b <= 1), so a lower bound above Clopper-Pearson's would reject, at that n alone, a q whose probability
+    of so large a count exceeds alpha/c, against Markov's inequality for M_n(q); the upper bound likewise.
 
     >>> lo, up = anytime_bounds([10, 0], alpha=0.1)
     >>> float(lo[1]), float(up[0])
