@@ -95,9 +95,13 @@ def anytime_bounds(counts: Sequence[int] | np.ndarray, alpha: float) -> tuple[np
     with a + b <= 1), so a lower bound above Clopper-Pearson's would reject, at that n alone, a q whose probability
     of so large a count exceeds alpha/c, against Markov's inequality for M_n(q); the upper bound likewise.
 
-    >>> lo, up = anytime_bounds([10, 0], alpha=0.1)
-    >>> float(lo[1]), float(up[0])
-    (0.0, 1.0)
+    No label seen in 1,000 samples: its upper bound, at every n, against SimuEM's at this n only
+
+    >>> round(float(anytime_bounds([0, 1000], alpha=0.001)[1][0]), 4), float(anytime_bounds([0, 1000], 0.001)[0][0])
+    (0.0116, 0.0)
+    >>> from certcore.bounds import simuem_bounds
+    >>> round(float(simuem_bounds([0, 1000], alpha=0.001)[1][0]), 4)
+    0.0076
     """
     n_j = check_counts(counts)
     check_alpha(alpha)
