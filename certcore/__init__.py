@@ -26,6 +26,7 @@ from certcore.evaluation.results import (
     list_result_files,
     read_results,
 )
+from certcore.math.anytime import anytime_bounds
 from certcore.math.bounds import clopper_pearson_lower, clopper_pearson_upper, rounded_bounds, simuem_bounds
 from certcore.math.radius import (
     BoundCurves,
@@ -71,6 +72,7 @@ __all__ = [
     "ResultsError",
     "__version__",
     "accuracy_table",
+    "anytime_bounds",
     "bound_curves",
     "certified_accuracy",
     "certified_radius",
