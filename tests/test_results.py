@@ -164,6 +164,13 @@ def test_summary_png(handmade: Path) -> None:
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_png_without_a_browser_says_what_to_install(handmade: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROWSER_PATH", str(handmade.parent / "no-such-chromium"))  # kaleido's browser override
+    with pytest.warns(UserWarning, match="PNG export skipped: .*apt-get install chromium.*BROWSER_PATH"):
+        written = write_summary(handmade, r_max=5, prefix=handmade.parent / "fig")
+    assert "png" not in written and written["html"].exists()
+
+
 def test_paper_tables() -> None:
     assert len(PAPER_ROWS) == 14 and all(len(row.accuracy) == 5 for row in PAPER_ROWS)
     # the numbers the paper's text quotes: top-1 63.6% and top-3 78.0% at 5 pixels on CIFAR10
