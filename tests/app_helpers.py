@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,17 @@ def texts(at: AppTest) -> str:
     """Every markdown, caption, info, warning, error and success text of the last run, joined."""
     parts = [*at.markdown, *at.caption, *at.info, *at.warning, *at.error, *at.success]
     return "\n".join(str(p.value) for p in parts)
+
+
+def chart(at: AppTest, index: int = 0) -> dict:
+    """The plotly figure of the page's ``index``-th chart, parsed from its JSON (compare values, not the text:
+    without orjson plotly writes non-ASCII characters such as "α" as ``\\u03b1``)."""
+    return json.loads(at.get("plotly_chart")[index].proto.spec)
+
+
+def trace_names(figure: dict) -> list[str]:
+    """The legend names of a parsed plotly figure's traces."""
+    return [trace.get("name", "") for trace in figure["data"]]
 
 
 def assert_clean(at: AppTest) -> None:

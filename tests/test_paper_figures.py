@@ -29,7 +29,7 @@ from certcore.evaluation.paper_figures import (
 )
 from certcore.evaluation.results import certified_accuracy, read_results
 from certcore.math.radius import certify_counts
-from tests.test_results import ALPHA, D, E, make_record, write_records
+from tests.test_results import ALPHA, D, E, figure_in_html, make_record, write_records
 
 REPO = Path(__file__).resolve().parents[1]
 N = 1000
@@ -203,8 +203,9 @@ def test_command_line_writes_tables_and_figures(records: list[dict], tmp_path: P
     row = "| top-2 | " + " | ".join(f"{a:.3f}" for a in certified_accuracy(records, 2, r_max=4)) + " |"
     assert row in md and "| n = 1,000 (stored) |" in md and "| α = 0.0001 |" in md
     assert "n = 1,000 samples per image, 40 images" in md and "subsampling the stored counts" in md
-    html = (tmp_path / "run.paper_figure3_n.html").read_text()
-    assert "Impact of n on certified top-3 accuracy" in html and "n = 100 (subsampled)" in html
+    figure = figure_in_html((tmp_path / "run.paper_figure3_n.html").read_text())
+    assert figure["layout"]["title"]["text"].startswith("Impact of n on certified top-3 accuracy")
+    assert "n = 100 (subsampled)" in [trace["name"] for trace in figure["data"]]
     out = main([str(results), "--out", str(tmp_path / "figs" / "x"), "--ks", "1", "--k", "2", "--alphas", "0.5",
                 "--no-png"])
     assert out["paper_figures.md"] == tmp_path / "figs" / "x.paper_figures.md"

@@ -33,6 +33,18 @@ from certcore.math.radius import certify_counts
 D, E, ALPHA = 1024, 50, 0.001
 
 
+def figure_in_html(html: str) -> dict:
+    """The figure a plotly HTML file draws (the data and layout passed to its last ``Plotly.newPlot`` call),
+    parsed: compare values, not the text, which spells non-ASCII characters as escapes without orjson."""
+    decoder, pos, values = json.JSONDecoder(), html.rindex("Plotly.newPlot(") + len("Plotly.newPlot("), []
+    for _ in range(3):  # the div's id, data, layout
+        while html[pos] in " \t\r\n,":
+            pos += 1
+        value, pos = decoder.raw_decode(html, pos)
+        values.append(value)
+    return {"data": values[1], "layout": values[2]}
+
+
 def make_record(index: int, label: int, counts: list[int], radii: dict[str, int] | None = None, **run) -> dict:
     """A complete record; radii default to the true ones from the counts."""
     record = {
@@ -140,7 +152,7 @@ def test_summary_files(handmade: Path) -> None:
     assert "| top-3 | 1.000 | 1.000 | 0.750 | 0.750 | 0.500 | 0.500 | 0.500 |" in written["md"].read_text()
     html = written["html"].read_text()
     offline = '<script src="https' not in html and len(html) > 1_000_000  # plotly.js embedded, no CDN
-    assert offline and "paper Table 1, top-3" in html
+    assert offline and any(trace["name"].startswith("paper Table 1, top-3") for trace in figure_in_html(html)["data"])
     assert not list(handmade.parent.glob(".*.tmp"))
 
 
@@ -150,6 +162,13 @@ def test_summary_files(handmade: Path) -> None:
 def test_summary_png(handmade: Path) -> None:
     written = write_summary(handmade, r_max=5, prefix=handmade.parent / "fig")
     assert written["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_png_without_a_browser_says_what_to_install(handmade: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BROWSER_PATH", str(handmade.parent / "no-such-chromium"))  # kaleido's browser override
+    with pytest.warns(UserWarning, match="PNG export skipped: .*apt-get install chromium.*BROWSER_PATH"):
+        written = write_summary(handmade, r_max=5, prefix=handmade.parent / "fig")
+    assert "png" not in written and written["html"].exists()
 
 
 def test_paper_tables() -> None:

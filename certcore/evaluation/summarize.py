@@ -117,7 +117,10 @@ def figure_files(fig: go.Figure, png: bool = True) -> dict[str, str | bytes]:
         try:
             contents["png"] = fig.to_image(format="png", scale=2)
         except Exception as exc:  # kaleido fails in many ways when no Chrome/Chromium can be started
-            warnings.warn(f"PNG export skipped (kaleido needs Chrome or Chromium): {exc}", stacklevel=3)
+            reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            warnings.warn(f"PNG export skipped: {reason} kaleido (requirements.txt) draws the PNG with a local "
+                          "Chrome or Chromium: install one (Debian/Ubuntu: apt-get install chromium) or set "
+                          "BROWSER_PATH to its executable; --no-png skips the PNG", stacklevel=3)
     return contents
 
 
