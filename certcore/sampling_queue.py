@@ -86,7 +86,7 @@ def fair_share_finish_times(
     the active jobs' times, then the waiting jobs'.
 
     >>> fair_share_finish_times([100, 300], [200], rate=100.0, max_active=2)
-    [2.0, 5.0, 6.0]
+    [2.0, 6.0, 6.0]
     """
     if rate <= 0:
         raise ValueError(f"rate must be positive, got {rate}")

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from certcore.sampling import SamplingCancelled, sample_counts
-from certcore.sampling_queue import SamplingQueue, fair_share_finish_times, shared_queue
+from certcore.sampling_queue import Job, SamplingQueue, fair_share_finish_times, shared_queue
 from tests.tiny_models import ConstantClassifier, KeptInFirstRowClassifier, PixelKeptClassifier
 
 H, W, E = 8, 8, 10
@@ -55,6 +55,16 @@ def make_queue() -> Iterator:
         queue.close()
 
 
+def submit(queue: SamplingQueue, model: nn.Module, n: int, seed: int, owner: str) -> Job:
+    """Queue ``n`` samples of IMAGE for ``owner`` in batches of 100."""
+    return queue.submit(model.eval(), IMAGE, e=E, n=n, seed=seed, batch_size=100, num_classes=10, owner=owner)
+
+
+def row(n: int, seed: int) -> np.ndarray:
+    """The counts ``KeptInFirstRowClassifier`` gets alone for ``n`` samples in batches of 100."""
+    return solo(KeptInFirstRowClassifier().eval(), n, seed, 100)
+
+
 def solo(model: nn.Module, n: int, seed: int, batch_size: int) -> np.ndarray:
     return sample_counts(model, IMAGE, E, n, seed=seed, batch_size=batch_size, num_classes=10, workers=1).counts
 
@@ -92,11 +102,9 @@ def test_batches_of_active_jobs_take_turns_one_each(make_queue) -> None:
     queue = make_queue(1)
     calls: list[str] = []
     gate = threading.Event()
-    a = queue.submit(Recorded("A", calls, gate).eval(), IMAGE, e=E, n=300, seed=0, batch_size=100,
-                     num_classes=10, owner="a")
+    a = submit(queue, Recorded("A", calls, gate), 300, 0, "a")
     assert a.plan.model.holding.wait(WAIT)  # A's first batch is being classified
-    jobs = [queue.submit(Recorded(tag, calls).eval(), IMAGE, e=E, n=300, seed=0, batch_size=100, num_classes=10,
-                         owner=tag.lower()) for tag in "BC"]
+    jobs = [submit(queue, Recorded(tag, calls), 300, 0, tag.lower()) for tag in "BC"]
     gate.set()
     for job in (a, *jobs):
         job.result(WAIT)
@@ -108,14 +116,12 @@ def test_a_short_job_behind_a_long_one_finishes_long_before_it(make_queue) -> No
     queue = make_queue(1)
     calls: list[str] = []
     gate = threading.Event()
-    long = queue.submit(Recorded("long", calls, gate).eval(), IMAGE, e=E, n=3000, seed=1, batch_size=100,
-                        num_classes=10, owner="first visitor")
+    long = submit(queue, Recorded("long", calls, gate), 3000, 1, "first visitor")
     assert long.plan.model.holding.wait(WAIT)
-    short = queue.submit(Recorded("short", calls).eval(), IMAGE, e=E, n=200, seed=2, batch_size=100,
-                         num_classes=10, owner="second visitor")
+    short = submit(queue, Recorded("short", calls), 200, 2, "second visitor")
     gate.set()
-    assert np.array_equal(short.result(WAIT).counts, solo(KeptInFirstRowClassifier().eval(), 200, 2, 100))
-    assert np.array_equal(long.result(WAIT).counts, solo(KeptInFirstRowClassifier().eval(), 3000, 1, 100))
+    assert np.array_equal(short.result(WAIT).counts, row(200, 2))
+    assert np.array_equal(long.result(WAIT).counts, row(3000, 1))
     last_short = max(i for i, tag in enumerate(calls) if tag == "short")
     assert last_short == 4 and calls.count("long") == 30  # short's 2 batches were done after 3 of long's 30
 
@@ -124,10 +130,9 @@ def test_cancel_returns_the_counts_so_far_and_frees_the_place(make_queue) -> Non
     queue = make_queue(1, max_active=1)
     calls: list[str] = []
     gate = threading.Event()
-    a = queue.submit(Recorded("A", calls, gate, hold_from=3).eval(), IMAGE, e=E, n=1000, seed=5, batch_size=100,
-                     num_classes=10, owner="a")
-    b = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=400, seed=6, batch_size=100, owner="b")
-    c = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=400, seed=7, batch_size=100, owner="c")
+    a = submit(queue, Recorded("A", calls, gate, hold_from=3), 1000, 5, "a")
+    b = submit(queue, KeptInFirstRowClassifier(), 400, 6, "b")
+    c = submit(queue, KeptInFirstRowClassifier(), 400, 7, "c")
     assert a.plan.model.holding.wait(WAIT)  # A's 4th batch is in the model, so its first 3 are counted
     assert (a.status().state, a.status().done) == ("running", 300)
     assert [(j.status().state, j.status().ahead) for j in (b, c)] == [("queued", 0), ("queued", 1)]
@@ -144,8 +149,8 @@ def test_cancel_returns_the_counts_so_far_and_frees_the_place(make_queue) -> Non
         a.result(WAIT)
     partial = cancelled_a.value.result
     assert partial.partial and partial.n == 1000 and partial.samples == 300 == a.status().done
-    assert np.array_equal(partial.counts, solo(KeptInFirstRowClassifier().eval(), 300, 5, 100))
-    assert np.array_equal(c.result(WAIT).counts, solo(KeptInFirstRowClassifier().eval(), 400, 7, 100))
+    assert np.array_equal(partial.counts, row(300, 5))
+    assert np.array_equal(c.result(WAIT).counts, row(400, 7))
     assert a.status().state == b.status().state == "cancelled" and c.status().state == "done"
 
 
@@ -162,7 +167,7 @@ def test_progress_is_called_in_the_callers_thread_and_false_cancels(make_queue) 
                             owner="me", progress=progress)
     partial = cancelled.value.result
     assert 300 <= partial.samples < 5000 and partial.samples % 100 == 0
-    assert np.array_equal(partial.counts, solo(KeptInFirstRowClassifier().eval(), partial.samples, 3, 100))
+    assert np.array_equal(partial.counts, row(partial.samples, 3))
     done = [d for d, _, _ in calls]
     assert done == sorted(done) and {ident for _, _, ident in calls} == {threading.get_ident()}
     assert all(n == 5000 for _, n, _ in calls)
@@ -177,9 +182,8 @@ def test_progress_is_called_in_the_callers_thread_and_false_cancels(make_queue) 
 def test_status_and_eta_follow_the_fair_share(make_queue) -> None:
     queue = make_queue(1, max_active=1)
     gate = threading.Event()
-    a = queue.submit(Recorded("A", [], gate, hold_from=3).eval(), IMAGE, e=E, n=1000, seed=5, batch_size=100,
-                     num_classes=10, owner="a")
-    b = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=500, seed=6, batch_size=100, owner="b")
+    a = submit(queue, Recorded("A", [], gate, hold_from=3), 1000, 5, "a")
+    b = submit(queue, KeptInFirstRowClassifier(), 500, 6, "b")
     assert a.plan.model.holding.wait(WAIT)
     sa, sb = a.status(), b.status()
     rate = sa.service_samples_per_second
@@ -204,10 +208,9 @@ def test_fair_share_finish_times() -> None:
 def test_one_owner_runs_one_job_at_a_time(make_queue) -> None:
     queue = make_queue(1)
     gate = threading.Event()
-    first = queue.submit(Recorded("1", [], gate).eval(), IMAGE, e=E, n=200, seed=0, batch_size=100,
-                         num_classes=10, owner="same")
-    second = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=200, seed=0, batch_size=100, owner="same")
-    other = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=200, seed=0, batch_size=100, owner="other")
+    first = submit(queue, Recorded("1", [], gate), 200, 0, "same")
+    second = submit(queue, KeptInFirstRowClassifier(), 200, 0, "same")
+    other = submit(queue, KeptInFirstRowClassifier(), 200, 0, "other")
     assert first.plan.model.holding.wait(WAIT)
     assert [j.status().state for j in (first, second, other)] == ["running", "queued", "running"]
     gate.set()
@@ -230,19 +233,18 @@ class FailsOnBatch(nn.Module):
 
 def test_an_error_reaches_its_job_only_and_the_queue_goes_on(make_queue) -> None:
     queue = make_queue(2)
-    bad = queue.submit(FailsOnBatch(2).eval(), IMAGE, e=E, n=1000, seed=0, batch_size=100, num_classes=10,
-                       owner="bad")
-    good = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=1000, seed=1, batch_size=100, owner="good")
+    bad = submit(queue, FailsOnBatch(2), 1000, 0, "bad")
+    good = submit(queue, KeptInFirstRowClassifier(), 1000, 1, "good")
     with pytest.raises(RuntimeError, match="simulated failure"):
         bad.result(WAIT)
     assert bad.status().state == "failed"
-    assert np.array_equal(good.result(WAIT).counts, solo(KeptInFirstRowClassifier().eval(), 1000, 1, 100))
+    assert np.array_equal(good.result(WAIT).counts, row(1000, 1))
     wrong = queue.submit(nn.Sequential(nn.Flatten(), nn.Linear(6 * H * W, 10)).eval(), IMAGE, e=E, n=10, seed=0,
                          num_classes=5, owner="wrong")
     with pytest.raises(ValueError, match=r"logits of shape \(batch, num_classes=5\)"):
         wrong.result(WAIT)
-    later = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=250, seed=2, batch_size=100, owner="later")
-    assert np.array_equal(later.result(WAIT).counts, solo(KeptInFirstRowClassifier().eval(), 250, 2, 100))
+    later = submit(queue, KeptInFirstRowClassifier(), 250, 2, "later")
+    assert np.array_equal(later.result(WAIT).counts, row(250, 2))
 
 
 @pytest.mark.parametrize(
@@ -278,8 +280,7 @@ def test_bad_queue_settings_are_refused(kwargs: dict, message: str) -> None:
 def test_close_cancels_what_is_left_stops_the_workers_and_refuses_new_jobs() -> None:
     queue = SamplingQueue(1)
     gate = threading.Event()
-    running = queue.submit(Recorded("r", [], gate).eval(), IMAGE, e=E, n=500, seed=0, batch_size=100,
-                           num_classes=10, owner="r")
+    running = submit(queue, Recorded("r", [], gate), 500, 0, "r")
     assert running.plan.model.holding.wait(WAIT)
     cancelled: list[SamplingCancelled] = []
 
