@@ -12,7 +12,10 @@ together (a barrier); aggregate samples/s = sessions x n / seconds until the las
 Trials run in rounds, the variant order rotating from round to round so that load from other processes on a
 shared machine hits all alike; reported are the median over rounds of aggregate samples/s, its ratio to the
 median of ``own threads`` with one session (the single session the issue's goal compares with), and the
-sessions' finish times. Every session's counts are checked equal to its counts alone (``own threads``, 1 worker).
+sessions' finish times. On a machine shared with other processes, wall-clock rates also measure how much of the
+CPU the variant's threads win from the others (more runnable threads, a larger share), so samples per CPU-second
+of this process are reported too: the efficiency, what a dedicated server would turn into samples/s. Every
+session's counts are checked equal to its counts alone (``own threads``, 1 worker).
 
     python bench/bench_queue.py [--n 3000] [--sessions 1 6 8] [--rounds 2]
 """
@@ -42,9 +45,9 @@ from certcore.sampling_queue import SamplingQueue  # noqa: E402
 Sampler = Callable[[int], np.ndarray]  # session index -> its counts
 
 
-def trial(sessions: int, sample: Sampler) -> tuple[float, list[float], list[np.ndarray]]:
-    """Run ``sessions`` threads at once; returns the seconds until the last finished, each one's finish time
-    and counts."""
+def trial(sessions: int, sample: Sampler) -> tuple[float, float, list[float], list[np.ndarray]]:
+    """Run ``sessions`` threads at once; returns the seconds until the last finished, the CPU seconds the
+    process used meanwhile (all threads), each session's finish time and counts."""
     barrier = threading.Barrier(sessions + 1)
     finish: list[float] = [0.0] * sessions
     counts: list[np.ndarray] = [np.zeros(0)] * sessions
@@ -62,12 +65,13 @@ def trial(sessions: int, sample: Sampler) -> tuple[float, list[float], list[np.n
     for t in threads:
         t.start()
     barrier.wait()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
+    cpu = time.process_time() - cpu
     if errors:
         raise errors[0]
-    return max(finish) - started, sorted(f - started for f in finish), counts
+    return max(finish) - started, cpu, sorted(f - started for f in finish), counts
 
 
 def main() -> None:
@@ -119,6 +123,7 @@ def main() -> None:
             stop()
     loads = [Path("/proc/loadavg").read_text().split()[:3]]
     rates: dict[tuple[str, int], list[float]] = {}
+    per_cpu: dict[tuple[str, int], list[float]] = {}
     finishes: dict[tuple[str, int], list[list[float]]] = {}
     mismatches = 0
     names = list(variants)
@@ -127,31 +132,36 @@ def main() -> None:
             for name in names[r % len(names) :] + names[: r % len(names)]:
                 sample, stop = variants[name](sessions)
                 try:
-                    seconds, finish, counts = trial(sessions, sample)
+                    seconds, cpu, finish, counts = trial(sessions, sample)
                 finally:
                     stop()
                 mismatches += sum(not np.array_equal(counts[i], alone[i]) for i in range(sessions))
                 rates.setdefault((name, sessions), []).append(sessions * n / seconds)
+                per_cpu.setdefault((name, sessions), []).append(sessions * n / cpu)
                 finishes.setdefault((name, sessions), []).append(finish)
                 print(f"round {r}: {name}, {sessions} sessions: {sessions * n / seconds:,.0f} samples/s "
-                      f"(last finished after {seconds:.1f} s)", flush=True)
+                      f"(last finished after {seconds:.1f} s), "
+                      f"{sessions * n / cpu:,.0f} samples per CPU-second", flush=True)
         loads.append(Path("/proc/loadavg").read_text().split()[:3])
 
     solo = statistics.median(rates[("own threads", 1)])
+    solo_cpu = statistics.median(per_cpu[("own threads", 1)])
     print(f"\n{DEFAULT_CHECKPOINT} compiled (compile_for_cpu), e = {e}, {describe_device(torch.device('cpu'))}, "
           f"torch {torch.__version__}; n = {n:,} per session, batch 100, {args.rounds} rounds; "
           f"/proc/loadavg (1, 5, 15 min) before and after each round: {loads}\n")
-    print("| variant | sessions | aggregate samples/s (median; all rounds) | ratio to one session alone, own "
-          "threads | finish times of the sessions, s (median round: first / median / last) |")
-    print("|---|---|---|---|---|")
+    print("| variant | sessions | aggregate samples/s, median (all rounds) | ratio to one session, own threads | "
+          "samples per CPU-second, median (all rounds) | ratio | finish times, s (median round: first / median / "
+          "last) |")
+    print("|---|---|---|---|---|---|---|")
     for sessions in args.sessions:
         for name in names:
-            got = rates[(name, sessions)]
+            got, cpu = rates[(name, sessions)], per_cpu[(name, sessions)]
             middle = sorted(range(len(got)), key=got.__getitem__)[len(got) // 2]
             finish = finishes[(name, sessions)][middle]
             print(f"| {name} | {sessions} | {statistics.median(got):,.0f} ({', '.join(f'{x:,.0f}' for x in got)}) | "
-                  f"{statistics.median(got) / solo:.2f} | {finish[0]:.1f} / {statistics.median(finish):.1f} / "
-                  f"{finish[-1]:.1f} |")
+                  f"{statistics.median(got) / solo:.2f} | {statistics.median(cpu):,.0f} "
+                  f"({', '.join(f'{x:,.0f}' for x in cpu)}) | {statistics.median(cpu) / solo_cpu:.2f} | "
+                  f"{finish[0]:.1f} / {statistics.median(finish):.1f} / {finish[-1]:.1f} |")
     print(f"\ncounts differing from the session's counts alone: {mismatches} of {sum(args.sessions) * args.rounds * len(names)}")
 
 
