@@ -18,6 +18,12 @@ CPU for every batch size; on CUDA for the same batch size, see ``certcore.sampli
 a cancelled job are those of ``sample_counts`` with n = the samples it reports. On CUDA a job has one batch in
 flight at a time, drawn and classified under ``device_lock`` as in ``sample_counts``.
 
+Threads: by default 2 workers (``default_workers``) with torch's thread setting untouched, the per-batch setting
+of one ``sample_counts`` call, so the process runs at most 4 torch threads however many visitors sample.
+bench/bench_queue.py measured the same samples per CPU-second (0.98-1.00 of one session alone) with 1, 6 and 8
+sessions, and for every workers x threads variant tried; on a machine loaded by other processes, fewer threads
+win less of the CPU, so one worker or single-threaded workers had lower wall-clock rates (bench/RESULTS.md).
+
 Errors: an exception while classifying a job's batch fails that job only (``result()`` raises it in the
 caller's thread); the workers and the other jobs go on. Bad requests are refused by ``submit`` itself
 (``plan_sampling``'s checks, ValueError naming the parameter).
