@@ -4,6 +4,7 @@ and gates (events) inside the model, never with sleeps or timing."""
 
 from __future__ import annotations
 
+import doctest
 import threading
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+import certcore.sampling_queue
 from certcore.sampling import SamplingCancelled, sample_counts
 from certcore.sampling_queue import Job, SamplingQueue, fair_share_finish_times, shared_queue
 from tests.tiny_models import ConstantClassifier, KeptInFirstRowClassifier, PixelKeptClassifier
@@ -302,3 +304,30 @@ def test_close_cancels_what_is_left_stops_the_workers_and_refuses_new_jobs() -> 
 
 def test_the_shared_queue_is_one_per_process() -> None:
     assert shared_queue() is shared_queue()
+
+
+class RecordsThreads(KeptInFirstRowClassifier):
+    """Records ``torch.get_num_threads()`` as seen by the thread that classifies each batch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[int] = set()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.add(torch.get_num_threads())
+        return super().forward(x)
+
+
+def test_workers_run_the_torch_threads_the_queue_is_given(make_queue) -> None:
+    before = torch.get_num_threads()
+    model = RecordsThreads().eval()
+    try:
+        assert submit(make_queue(2, threads=before + 1), model, 400, 0, "me").result(WAIT).samples == 400
+    finally:
+        torch.set_num_threads(before)  # the workers' setting is also torch's process-wide default
+    assert model.seen == {before + 1}  # not torch's setting before
+
+
+def test_docstring_examples() -> None:
+    result = doctest.testmod(certcore.sampling_queue)
+    assert result.attempted > 0 and result.failed == 0
