@@ -199,6 +199,17 @@ def test_status_and_eta_follow_the_fair_share(make_queue) -> None:
     assert a.status().state == "done" and a.status().eta_seconds == 0.0 and b.status().done == 500
 
 
+def test_result_gives_up_after_its_timeout_and_the_job_goes_on(make_queue) -> None:
+    queue = make_queue(1)
+    gate = threading.Event()
+    job = submit(queue, Recorded("A", [], gate), 300, 4, "a")
+    assert job.plan.model.holding.wait(WAIT)
+    with pytest.raises(TimeoutError, match=r"not finished after 0 s \(0 of 300 samples\)"):
+        job.result(timeout=0)
+    assert job.status().state == "running"
+    gate.set()
+    assert np.array_equal(job.result(WAIT).counts, row(300, 4))
+
 def test_fair_share_finish_times() -> None:
     assert fair_share_finish_times([100, 300], [200], 100.0, max_active=8) == [3.0, 6.0, 5.0]
     assert fair_share_finish_times([100, 300], [200], 100.0, max_active=2) == [2.0, 6.0, 6.0]
