@@ -115,7 +115,7 @@ def main() -> None:
     }
     alone = [sample_counts(model, images[i], e, n, seed=i, num_classes=10, workers=1).counts
              for i in range(max(args.sessions))]
-    for name, variant in variants.items():  # warm-up: new thread counts make Inductor compile again, once
+    for variant in variants.values():  # warm-up: new thread counts make Inductor compile again, once
         sample, stop = variant(1)
         try:
             trial(1, sample)
@@ -162,7 +162,8 @@ def main() -> None:
                   f"{statistics.median(got) / solo:.2f} | {statistics.median(cpu):,.0f} "
                   f"({', '.join(f'{x:,.0f}' for x in cpu)}) | {statistics.median(cpu) / solo_cpu:.2f} | "
                   f"{finish[0]:.1f} / {statistics.median(finish):.1f} / {finish[-1]:.1f} |")
-    print(f"\ncounts differing from the session's counts alone: {mismatches} of {sum(args.sessions) * args.rounds * len(names)}")
+    runs = sum(args.sessions) * args.rounds * len(names)
+    print(f"\ncounts differing from the session's counts alone: {mismatches} of {runs}")
 
 
 if __name__ == "__main__":

@@ -171,7 +171,7 @@ class Job:
         while True:
             with self._queue._changed:
                 wait = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
-                self._queue._changed.wait_for(lambda: self._state in FINAL_STATES or self._done != seen, wait)
+                self._queue._changed.wait_for(lambda last=seen: self._state in FINAL_STATES or self._done != last, wait)
                 seen = self._done
             stop = progress is not None and progress(seen, self.n) is False
             stop = (on_status is not None and on_status(self.status()) is False) or stop
