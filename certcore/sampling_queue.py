@@ -20,7 +20,7 @@ flight at a time, drawn and classified under ``device_lock`` as in ``sample_coun
 
 Threads: by default 2 workers (``default_workers``) with torch's thread setting untouched, the per-batch setting
 of one ``sample_counts`` call, so the process runs at most 4 torch threads however many visitors sample.
-bench/bench_queue.py measured the same samples per CPU-second (0.98-1.00 of one session alone) with 1, 6 and 8
+bench/bench_queue.py measured the same samples per CPU-second (0.93-1.02 of one session alone) with 1, 6 and 8
 sessions, and for every workers x threads variant tried; on a machine loaded by other processes, fewer threads
 win less of the CPU, so one worker or single-threaded workers had lower wall-clock rates (bench/RESULTS.md).
 
