@@ -181,14 +181,31 @@ def radius_limit(p_lower: Bound, p_uppers: Sequence[Bound] | np.ndarray, d: int,
     if r < 0 or len(p_uppers) < k:
         return None
     grid = _grid(d, e)
-    lower = round_lower_to_grid(check_probability(p_lower, "p_lower"), grid)
-    uppers = sorted((round_upper_to_grid(check_probability(p, "p_uppers"), grid) for p in p_uppers), reverse=True)
-    assumptions = (
-        d - r - 2 >= e - 1,
-        lower + sum(uppers[:k]) <= grid,
-        lower + sum(uppers) >= grid,
-    )
-    return r + (k != 1) if all(assumptions) else None
+    p_l = check_probability(p_lower, "p_lower")
+    uppers = _check_uppers(p_uppers)
+    lower = round_lower_to_grid(p_l, grid)
+    top = sum(round_upper_to_grid(p, grid) for p in heapq.nlargest(k, uppers))  # floor keeps the order
+    holds = d - r - 2 >= e - 1 and lower + top <= grid and _total_reaches_grid(lower, p_l, uppers, grid)
+    return r + (k != 1) if holds else None
+
+
+def _total_reaches_grid(lower: int, p_lower: Fraction, p_uppers: list[Bound], grid: int) -> bool:
+    """Theorem 2's third assumption in integers, ``L + sum_j floor(p_j N) >= N``, exact.
+
+    Rounding every one of (say) 999 bounds exactly is what makes this slow, and it only matters when the sum is
+    within m/N of 1 (m bounds; each floor moves its bound by less than 1/N). So with float bounds and N >= 2^60,
+    s = fsum(p_l, p_j) (within err = (m + 2) 2^-52 of the exact sum T) decides when |s - 1| >= tol = 4 err:
+    s >= 1 + tol gives T N - m > N, a sum above N; s <= 1 - tol gives T N + 1 < N, a sum below N. Otherwise
+    (or with Fraction bounds, or a coarse grid) every bound is rounded exactly.
+    """
+    tol = (len(p_uppers) + 2) * 2.0**-50
+    if grid.bit_length() > 60 and all(isinstance(p, float) for p in p_uppers):
+        s = math.fsum([float(p_lower), *p_uppers])
+        if s >= 1 + tol:
+            return True
+        if s <= 1 - tol:
+            return False
+    return lower + sum(round_upper_to_grid(p, grid) for p in p_uppers) >= grid
 
 
 @dataclass(frozen=True)
