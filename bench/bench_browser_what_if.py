@@ -219,6 +219,7 @@ class Site:
     url: str
     page: Any = None
     times: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    profiles: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def open_what_if(site: Site, browser: Any, preset: str) -> None:
@@ -245,15 +246,38 @@ def open_certify(site: Site, browser: Any) -> None:
     wait_idle(site.page)
 
 
-def run_series(sites: list[Site], case: str, changes: list[tuple[str, Any, str]]) -> None:
-    """Make each change (field, value, expected reading) on every site in turn; one warm-up change first."""
+def run_series(sites: list[Site], case: str, changes: list[tuple[str, Any, str]], js_profile: bool = False) -> None:
+    """Make each change (field, value, expected reading) on every site in turn; one warm-up change first. With
+    ``js_profile``, Chromium's sampling profiler runs in each tab over the timed changes (``js_self_time``)."""
+    sessions = {}
     for i, (field_name, value, expected) in enumerate(changes):
         for site in sites if i % 2 == 0 else sites[::-1]:  # alternate who goes first
+            if i == 1 and js_profile:
+                sessions[site.name] = site.page.context.new_cdp_session(site.page)
+                sessions[site.name].send("Profiler.enable")
+                sessions[site.name].send("Profiler.start")
             t = timed_change(site.page, field_name, value, expected)
             if i > 0:  # the first change warms caches and the browser's code paths
                 site.times.setdefault(case, []).append(t)
                 print(f"  {site.name:3s} {case:28s} {field_name[:12]:12s} = {value!s:8s} text {t['text']:6.0f} ms  "
                       f"idle {t['idle']:6.0f} ms", flush=True)
+    for site in sites:
+        if site.name in sessions:
+            site.profiles[case] = js_self_time(sessions[site.name].send("Profiler.stop")["profile"])
+            print(f"  {site.name:3s} {case}: browser self time, ms: {site.profiles[case]}", flush=True)
+
+
+def js_self_time(profile: dict[str, Any], top: int = 8) -> dict[str, float]:
+    """Milliseconds of a CPU profile by script file (a built-in such as getBoundingClientRect by its name; idle,
+    program and garbage collector as Chromium names them), the ``top`` largest."""
+    where = {}
+    for node in profile["nodes"]:
+        frame = node["callFrame"]
+        where[node["id"]] = frame["url"].rsplit("/", 1)[-1] or frame["functionName"]
+    total: dict[str, float] = {}
+    for sample, delta in zip(profile["samples"], profile["timeDeltas"], strict=True):
+        total[where[sample]] = total.get(where[sample], 0.0) + delta / 1000
+    return {name: round(ms) for name, ms in sorted(total.items(), key=lambda item: -item[1])[:top]}
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -333,6 +357,7 @@ def main() -> None:
     parser.add_argument("--parameters", nargs="+", default=["k", "alpha", "n", "e"], choices=list(WHAT_IF_FIELDS))
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=list(PRESETS))
     parser.add_argument("--no-certify", action="store_true", help="skip the Certify page")
+    parser.add_argument("--js-profile", action="store_true", help="where the browser's time goes (CPU profile)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "what_if_browser")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -352,12 +377,14 @@ def main() -> None:
             for site in sites:
                 open_what_if(site, browser, preset)
             for parameter in args.parameters:
-                run_series(sites, f"What-if {preset}, {parameter}", what_if_changes(preset, parameter, repeats))
+                run_series(sites, f"What-if {preset}, {parameter}", what_if_changes(preset, parameter, repeats),
+                           args.js_profile)
         if not args.no_certify:
             for parameter in ("k", "alpha"):
                 for site in sites:
                     open_certify(site, browser)
-                run_series(sites, f"Certify (stored), {parameter}", certify_changes(parameter, repeats))
+                run_series(sites, f"Certify (stored), {parameter}", certify_changes(parameter, repeats),
+                           args.js_profile)
     after = machine()
     rows = summarise(sites)
     names = [site.name for site in sites]
@@ -370,7 +397,8 @@ def main() -> None:
     args.out.with_suffix(".md").write_text(header + "\n\n" + table + "\n")
     args.out.with_suffix(".json").write_text(json.dumps(
         {"machine_before": before, "machine_after": after, "command": " ".join(sys.argv), "summary": rows,
-         "times_ms": {site.name: site.times for site in sites}}, indent=1) + "\n")
+         "times_ms": {site.name: site.times for site in sites},
+         "browser_self_time_ms": {site.name: site.profiles for site in sites}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
