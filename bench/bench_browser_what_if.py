@@ -22,16 +22,11 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +39,7 @@ from certcore.data import class_names  # noqa: E402
 from certcore.default_result import load_default  # noqa: E402
 from certcore.explain import reading  # noqa: E402
 from certcore.sweeps import example_counts, scale_counts  # noqa: E402
+from tests.streamlit_server import streamlit_server  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -117,44 +113,10 @@ expected => {
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def streamlit_server(code: Path, log: Path) -> Iterator[str]:
-    """``streamlit run app.py`` of the code at ``code`` on a free loopback port; yields its URL once healthy and
-    kills its process group at the end."""
-    port = _free_port()
+def server(code: Path, log: Path) -> AbstractContextManager[str]:
+    """``streamlit run app.py`` of the code at ``code`` (its own checkpoints, no CERTCORE_* overrides)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CERTCORE_")}
-    env["PYTHONPATH"] = str(code)
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-            cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + SLOW / 1000
-            while True:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start in {code}:\n{log.read_text()}")
-                time.sleep(0.5)
-            yield url
-        finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    return streamlit_server(code, {**env, "PYTHONPATH": str(code)}, log, start_timeout=SLOW / 1000)
 
 
 def _plain(markdown: str) -> str:
@@ -368,7 +330,7 @@ def main() -> None:
     codes = [("new", ROOT)] + ([("ref", args.ref.resolve())] if args.ref else [])
     started = time.monotonic()
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        sites = [Site(name, stack.enter_context(streamlit_server(code, Path(tmp) / f"{name}.log")))
+        sites = [Site(name, stack.enter_context(server(code, Path(tmp) / f"{name}.log")))
                  for name, code in codes]
         playwright = stack.enter_context(sync_playwright())
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
