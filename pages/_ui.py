@@ -5,6 +5,7 @@ Only widgets and layout live here; every number comes from certcore.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -73,18 +74,29 @@ def _through_app_navigation() -> None:
         st.rerun()
 
 
-def guard(body: Callable[[], None]) -> None:
-    """Run a page body; an unexpected error is shown as a short message, never as a stack trace.
+def shielded(part: Callable[..., None]) -> Callable[..., None]:
+    """``part`` with an unexpected error shown as a short message, never as a stack trace. For a page body and
+    for each fragment in it (a fragment's rerun does not pass through the page body's guard).
 
     Streamlit's own stop and rerun signals are BaseExceptions and pass through untouched.
     """
+
+    @functools.wraps(part)
+    def run(*args: Any, **kwargs: Any) -> None:
+        try:
+            part(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a readable message
+            log.exception("page failed")
+            st.error(f"Something went wrong: {type(exc).__name__}: {exc}. Change the inputs or reload the page; "
+                     "if it persists, please report it with the page's URL.")
+
+    return run
+
+
+def guard(body: Callable[[], None]) -> None:
+    """Run a page body through app.py's navigation, with errors shown as short messages (``shielded``)."""
     _through_app_navigation()
-    try:
-        body()
-    except Exception as exc:  # noqa: BLE001 - the one place that turns a bug into a readable message
-        log.exception("page failed")
-        st.error(f"Something went wrong: {type(exc).__name__}: {exc}. Change the inputs or reload the page; "
-                 "if it persists, please report it with the page's URL.")
+    shielded(body)()
 
 
 @st.cache_resource(show_spinner=False)

@@ -96,6 +96,7 @@ def counts_mode(preset: str, d: int, names: list[str]) -> None:
 
 
 @st.fragment
+@ui.shielded
 def certificate_view(typed: np.ndarray, preset: str, d: int, names: list[str]) -> None:
     """e, k, alpha, n and the true label, then the certificate of the counts and the four sweeps. A fragment:
     changing one of these reruns only this part of the page, not the settings and the counts table above it."""
