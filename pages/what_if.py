@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import streamlit as st
+from streamlit.delta_generator import DeltaGenerator
 
 from certcore import bound_curves, certified_radius, radius_limit, rounded_bounds, simuem_bounds
 from certcore.engine.certificate import certificate_from_counts
@@ -36,23 +37,28 @@ def _load_from_certify() -> None:
         st.session_state["wi-label"] = shown.sampled.label
 
 
-def setting() -> tuple[int, int, list[str]]:
-    """d, e and the class names, from a preset or typed in."""
+def setting() -> tuple[str, int, list[str]]:
+    """The preset, d and the class names, from a preset or typed in (e is asked next to k, alpha and n)."""
     preset = st.segmented_control("Preset", list(PRESETS), default="CIFAR10", key="wi-preset",
                                   help="The paper's settings: CIFAR10 32x32 with e = 50, ImageNet 224x224 with "
                                        "e = 1,000.") or "CIFAR10"
-    dataset, d_default, e_default = PRESETS[preset]
-    a, b, c = st.columns(3)
+    dataset, d_default, _ = PRESETS[preset]
+    a, c = st.columns(2)
     d = a.number_input("d: pixels", min_value=1, max_value=250_000, value=d_default, step=1, key=f"wi-d-{preset}",
                        help=ui.HELP["d"] + " At most 250,000 here (a 500x500 image).", disabled=dataset is not None)
-    e = b.number_input("e: pixels kept", min_value=1, max_value=10_000, value=e_default, step=1,
-                       key=f"wi-e-{preset}", help=ui.HELP["e"] + " At most 10,000 here, to keep the page fast.")
     if dataset is None:
         classes = c.number_input("c: classes", min_value=2, max_value=1_000, value=10, step=1, key="wi-c",
                                  help="Number of labels of the base classifier (at most 1,000, as ImageNet).")
-        return d, e, [f"label {j}" for j in range(classes)]
+        return preset, d, [f"label {j}" for j in range(classes)]
     c.number_input("c: classes", value=len(class_names(dataset)), disabled=True, key=f"wi-c-{preset}")
-    return d, e, class_names(dataset)
+    return preset, d, class_names(dataset)
+
+
+def e_input(where: DeltaGenerator, preset: str) -> int:
+    """e, pixels kept per ablation (one value per preset)."""
+    return where.number_input("e: pixels kept", min_value=1, max_value=10_000, value=PRESETS[preset][2], step=1,
+                              key=f"wi-e-{preset}", help=ui.HELP["e"] + " At most 10,000 here, to keep the page "
+                              "fast.")
 
 
 def counts_editor(names: list[str]) -> np.ndarray:
@@ -72,34 +78,44 @@ def counts_editor(names: list[str]) -> np.ndarray:
     return table["count"].fillna(0).to_numpy(dtype=np.int64)
 
 
-def counts_mode(d: int, e: int, names: list[str]) -> None:
-    """Counts -> certificate (bounds, radii, curves) and the four sweeps."""
+def counts_mode(preset: str, d: int, names: list[str]) -> None:
+    """Editable counts, then their certificate and sweeps (a fragment: e, k, alpha, n and the label rerun only it)."""
     left, right = st.columns([1, 1.3], gap="large")
     with left:
         if ui.CERTIFY_LAST in st.session_state:
             st.button("Use the counts of the last certificate (Certify page)", on_click=_load_from_certify,
                       icon=":material/input:")
         counts = counts_editor(names)
-    with right:
-        loaded = st.session_state.get("wi-loaded")
-        true_default = loaded[2] if loaded is not None and loaded[2] is not None and loaded[2] < len(names) else None
-        label = st.selectbox("True label (fixed in advance)", range(len(names)),
-                             index=int(np.argmax(counts)) if true_default is None else true_default,
-                             format_func=lambda j: names[j], key="wi-label",
-                             help="Certified with confidence 1 - alpha; the top-k picked from the counts are "
-                                  "certified jointly with 1 - 2 alpha.")
-        a, b, c = st.columns(3)
-        k = a.number_input("k", min_value=1, value=3, step=1, key="wi-k", help=ui.HELP["k"])
-        alpha = b.number_input("alpha", min_value=1e-12, max_value=0.5, value=0.001, step=0.001, format="%g",
-                               key="wi-alpha", help=ui.HELP["alpha"])
-        n = c.number_input("n: rescale counts to", min_value=1, value=None, step=1000, key="wi-n",
-                           placeholder=f"{int(counts.sum()):,}", help=ui.HELP["n"] + " Empty: the counts as typed; "
-                           "a number: the same frequencies observed in n samples.")
+    right.markdown("Edit any count n_j in the table (the certificate below follows), or change e, k, alpha, n and "
+                   "the true label below: the bounds (Eq. 8), the Eq. 6 curves and the radius update, then the "
+                   "four sweeps.")
     if counts.sum() <= 0:
         st.error("All counts are zero: enter at least one positive count.")
         return
-    if n is not None:
-        counts = scale_counts(counts, n)
+    certificate_view(counts, preset, d, names)
+
+
+@st.fragment
+@ui.shielded
+def certificate_view(typed: np.ndarray, preset: str, d: int, names: list[str]) -> None:
+    """e, k, alpha, n and the true label, then the certificate of the counts and the four sweeps. A fragment:
+    changing one of these reruns only this part of the page, not the settings and the counts table above it."""
+    loaded = st.session_state.get("wi-loaded")
+    true_default = loaded[2] if loaded is not None and loaded[2] is not None and loaded[2] < len(names) else None
+    a, b, c, f, g = st.columns([2, 1, 1, 1, 1])
+    label = a.selectbox("True label (fixed in advance)", range(len(names)),
+                        index=int(np.argmax(typed)) if true_default is None else true_default,
+                        format_func=lambda j: names[j], key="wi-label",
+                        help="Certified with confidence 1 - alpha; the top-k picked from the counts are "
+                             "certified jointly with 1 - 2 alpha.")
+    e = e_input(b, preset)
+    k = c.number_input("k", min_value=1, value=3, step=1, key="wi-k", help=ui.HELP["k"])
+    alpha = f.number_input("alpha", min_value=1e-12, max_value=0.5, value=0.001, step=0.001, format="%g",
+                           key="wi-alpha", help=ui.HELP["alpha"])
+    n = g.number_input("n: rescale counts to", min_value=1, value=None, step=1000, key="wi-n",
+                       placeholder=f"{int(typed.sum()):,}", help=ui.HELP["n"] + " Empty: the counts as typed; "
+                       "a number: the same frequencies observed in n samples.")
+    counts = typed if n is None else scale_counts(typed, n)
     problems = parameter_problems(d=d, e=e, k=k, n=int(counts.sum()), alpha=alpha, num_classes=len(names))
     if problems:
         for problem in problems:
@@ -129,10 +145,11 @@ def sweeps(counts: np.ndarray, label: int, d: int, e: int, k: int, alpha: float,
                "accuracy-robustness trade-off of the paper's Figure 2.")
 
 
-def bounds_mode(d: int, e: int, names: list[str]) -> None:
+def bounds_mode(preset: str, d: int, names: list[str]) -> None:
     """Eq. 3 typed in directly: a lower bound for the label, upper bounds for all the others."""
     a, b = st.columns([1, 1.3], gap="large")
     with a:
+        e = e_input(a, preset)
         label = st.selectbox("Label l", range(len(names)), format_func=lambda j: names[j], key="wi-b-label",
                              help="The label whose radius Theorem 1 certifies.")
         lower, upper = simuem_bounds(example_counts(len(names)), 0.001)
@@ -174,15 +191,15 @@ def body() -> None:
     st.title("What-if: certify label counts")
     st.markdown("No model here: type label counts (or probability bounds) and see the bounds, the Eq. 6 curves and "
                 "the certified radius update, then sweep k, e, n and alpha. Try the paper's settings or your own.")
-    d, e, names = setting()
+    preset, d, names = setting()
     mode = st.segmented_control("Start from", ["Label counts", "Bounds (Eq. 3)"], default="Label counts",
                                 key="wi-mode", help="Label counts n_j of n samples (bounds from Eq. 8), or the "
                                 "bounds of Eq. 3 themselves: a lower bound for l, upper bounds for the others.") \
         or "Label counts"
     if mode == "Label counts":
-        counts_mode(d, e, names)
+        counts_mode(preset, d, names)
     else:
-        bounds_mode(d, e, names)
+        bounds_mode(preset, d, names)
 
 
 ui.guard(body)

@@ -8,17 +8,14 @@ stopped with the Stop button and shows a partial certificate. Screenshots at des
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.app_helpers import write_checkpoint
+from tests.streamlit_server import streamlit_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,41 +30,18 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``streamlit run app.py`` on a free port with an untrained checkpoint; yields its URL once healthy."""
     root = tmp_path_factory.mktemp("browser")
     (root / "checkpoints").mkdir()
     write_checkpoint(root / "checkpoints")
-    port = _free_port()
     env = {**os.environ, "CERTCORE_CHECKPOINTS": str(root / "checkpoints"), "CERTCORE_RESULTS": str(root / "res")}
-    log = open(root / "server.log", "w")  # noqa: SIM115 - closed below, after the server stops
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port", str(port),
-         "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"streamlit did not start:\n{(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+        with streamlit_server(ROOT, env, root / "server.log") as url:
+            yield url
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 @pytest.fixture(scope="module")

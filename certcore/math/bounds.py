@@ -5,9 +5,9 @@ numpy/scipy only. Everything here takes the label counts n_1..n_c of n ablated s
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from math import comb
+from math import comb, frexp, ulp
 
 import numpy as np
 from scipy.stats import beta
@@ -70,22 +70,44 @@ def round_upper_to_grid(p: float | Fraction, grid: int) -> int:
     return (q.numerator * grid) // q.denominator
 
 
+def rounding_keeps_float(p: float, grid: int) -> bool:
+    """True when Eq. 4 cannot change the float ``p``: rounded to the 1/grid grid (up or down) and back to the
+    nearest float, it is ``p`` again.
+
+    Holds for p = 0 (on the grid) and whenever grid * ulp(p) >= 8: the rounded value lies within 1/grid <= ulp(p)/8
+    of p, less than half the distance to either float neighbour of p (ulp(p) above, at least ulp(p)/2 below), so
+    rounding to the nearest float gives back p. Decided from bit lengths, without big-integer arithmetic.
+
+    >>> rounding_keeps_float(0.3, grid_size(1024, 50)), rounding_keeps_float(0.3, 10)
+    (True, False)
+    """
+    return p == 0.0 or grid.bit_length() - 1 + frexp(ulp(p))[1] - 1 >= 3
+
+
+def _float_on_grid(p: float | Fraction, grid: int, to_grid: Callable[[Fraction, int], int], name: str) -> float:
+    """``p`` rounded to the grid by ``to_grid`` (Eq. 4), as the nearest float; exact big-integer rounding only
+    where ``rounding_keeps_float`` cannot vouch for the float itself."""
+    if isinstance(p, float) and 0.0 <= p <= 1.0 and rounding_keeps_float(p, grid):
+        return float(p)
+    return float(Fraction(to_grid(check_probability(p, name), grid), grid))
+
+
 def rounded_bounds(
     lower: Sequence[float] | np.ndarray, upper: Sequence[float] | np.ndarray, d: int, e: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """Eq. 4 applied to every label: lower bounds rounded up and upper bounds rounded down to multiples of 1/C(d,e).
 
-    Returned as floats for display; the exact integers behind them are what ``certified_radius`` uses.
+    Returned as floats for display (each the float nearest the exact rounded value); the exact integers behind
+    them are what ``certified_radius`` uses.
     """
-    grid = grid_size(d, e)
-    return _rounded_bounds_unchecked([check_probability(p, "lower") for p in lower],
-                                     [check_probability(p, "upper") for p in upper], grid)
+    return _rounded_bounds_unchecked(lower, upper, grid_size(d, e))
 
 
 def _rounded_bounds_unchecked(
     lower: Sequence[float | Fraction] | np.ndarray, upper: Sequence[float | Fraction] | np.ndarray, grid: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``rounded_bounds`` for bounds already known to be probabilities and ``grid`` = C(d, e) of a valid d, e."""
-    lo = [float(Fraction(round_lower_to_grid(p, grid), grid)) for p in lower]
-    up = [float(Fraction(round_upper_to_grid(p, grid), grid)) for p in upper]
-    return np.array(lo), np.array(up)
+    """``rounded_bounds`` for a ``grid`` = C(d, e) of a valid d, e (each bound is still checked, cheaply, as it is
+    rounded: floats in range pass without conversion)."""
+    lo = [_float_on_grid(p, grid, round_lower_to_grid, "lower") for p in lower]
+    up = [_float_on_grid(p, grid, round_upper_to_grid, "upper") for p in upper]
+    return np.array(lo, dtype=float), np.array(up, dtype=float)

@@ -227,13 +227,28 @@ def _radius_limit_unchecked(
         return None
     grid = _grid(d, e)
     lower = round_lower_to_grid(p_lower, grid)
-    uppers = sorted((round_upper_to_grid(p, grid) for p in p_uppers), reverse=True)
-    assumptions = (
-        d - r - 2 >= e - 1,
-        lower + sum(uppers[:k]) <= grid,
-        lower + sum(uppers) >= grid,
-    )
-    return r + (k != 1) if all(assumptions) else None
+    top = sum(round_upper_to_grid(p, grid) for p in heapq.nlargest(k, p_uppers))  # floor keeps the order
+    holds = d - r - 2 >= e - 1 and lower + top <= grid and _total_reaches_grid(lower, p_lower, p_uppers, grid)
+    return r + (k != 1) if holds else None
+
+
+def _total_reaches_grid(lower: int, p_lower: Fraction, p_uppers: list[Bound], grid: int) -> bool:
+    """Theorem 2's third assumption in integers, ``L + sum_j floor(p_j N) >= N``, exact.
+
+    Rounding every one of (say) 999 bounds exactly is what makes this slow, and it only matters when the sum is
+    within m/N of 1 (m bounds; each floor moves its bound by less than 1/N). So with float bounds and N >= 2^60,
+    s = fsum(p_l, p_j) (within err = (m + 2) 2^-52 of the exact sum T) decides when |s - 1| >= tol = 4 err:
+    s >= 1 + tol gives T N - m > N, a sum above N; s <= 1 - tol gives T N + 1 < N, a sum below N. Otherwise
+    (or with Fraction bounds, or a coarse grid) every bound is rounded exactly.
+    """
+    tol = (len(p_uppers) + 2) * 2.0**-50
+    if grid.bit_length() > 60 and all(isinstance(p, float) for p in p_uppers):
+        s = math.fsum([float(p_lower), *p_uppers])
+        if s >= 1 + tol:
+            return True
+        if s <= 1 - tol:
+            return False
+    return lower + sum(round_upper_to_grid(p, grid) for p in p_uppers) >= grid
 
 
 @dataclass(frozen=True)

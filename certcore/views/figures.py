@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 TOP_K_COLOUR = "#d1495b"
 OTHER_COLOUR = "#8d99ae"
+REST_COLOUR = "#d9dde3"
 TRUE_COLOUR = "#00798c"
 LHS_COLOUR = "#00798c"
 RHS_COLOUR = "#d1495b"
@@ -42,26 +43,33 @@ def counts_figure(
 ) -> go.Figure:
     """Bar chart of label counts, largest first: top-k labels highlighted, the true label outlined and marked.
 
-    With many classes only the ``max_bars`` largest counts are drawn, plus the true label and every top-k label.
+    With many classes only the ``max_bars`` largest counts are drawn, plus the true label and every top-k label,
+    and one last bar for all the other labels together.
     """
     counts = np.asarray(counts)
     order = np.argsort(-counts, kind="stable").tolist()
     shown = [j for j in order if j in set(order[:max_bars]) | set(top_k) | ({label} if label is not None else set())]
-    colours = [TOP_K_COLOUR if j in top_k else OTHER_COLOUR for j in shown]
-    bar = go.Bar(
-        x=[f"{names[j]} ★" if j == label else names[j] for j in shown],
-        y=[int(counts[j]) for j in shown],
-        marker={
-            "color": colours,
-            "line": {"color": [TRUE_COLOUR if j == label else colours[i] for i, j in enumerate(shown)],
-                     "width": [4 if j == label else 0 for j in shown]},
-        },
-        customdata=[[j, f"{counts[j] / counts.sum():.2%}"] for j in shown],
-        hovertemplate="%{x} (label %{customdata[0]}): %{y:,} samples, %{customdata[1]}<extra></extra>",
-    )
     hidden = len(counts) - len(shown)
+    colours = [TOP_K_COLOUR if j in top_k else OTHER_COLOUR for j in shown]
+    x = [f"{names[j]} ★" if j == label else names[j] for j in shown]
+    y = [int(counts[j]) for j in shown]
+    about = [f"label {j}" for j in shown]
+    if hidden:
+        x.append(f"all {hidden:,} others")
+        y.append(int(counts.sum()) - sum(y))
+        about.append(f"{hidden:,} labels together")
+        colours.append(REST_COLOUR)
+    outline = [TRUE_COLOUR if j == label else colours[i] for i, j in enumerate(shown)] + colours[len(shown):]
+    bar = go.Bar(
+        x=x,
+        y=y,
+        marker={"color": colours,
+                "line": {"color": outline, "width": [4 if j == label else 0 for j in shown] + [0] * (hidden > 0)}},
+        customdata=[[a, f"{v / counts.sum():.2%}"] for a, v in zip(about, y, strict=True)],
+        hovertemplate="%{x} (%{customdata[0]}): %{y:,} samples, %{customdata[1]}<extra></extra>",
+    )
     x_title = f"top-{len(top_k)} in red" + (", true label ★" if label is not None else "") + (
-        f"; {hidden:,} smaller labels not shown" if hidden else "")
+        f"; the {hidden:,} smaller labels in one bar" if hidden else "")
     return go.Figure(bar, layout=figure_layout(f"Label counts, n = {int(counts.sum()):,}", x_title, "count", height=460,
                                          hovermode="closest", showlegend=False))
 
