@@ -106,7 +106,8 @@ class NormalizedConvolutionFill(nn.Module):
 
     Kept pixel values x*m and the mask m are area-averaged to ``size`` x ``size`` and blurred by a Gaussian of
     ``sigma`` internal pixels; the image is blur(x*m) / blur(m). Where no kept pixel is near, the ratio tends to
-    neutral grey (0.5) instead of dividing by zero.
+    neutral grey (0.5) instead of dividing by zero. EPS = 1e-3 is 5% of the mean mask density at e = 1,000 of
+    50,176, so it also lowers the contrast of sparsely sampled regions a little (the network is trained with it).
     """
 
     EPS = 1e-3

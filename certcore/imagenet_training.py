@@ -234,7 +234,7 @@ class Trainer:
         self.sched.step()
         self.ema.update_parameters(self.model)
         self.step += 1
-        return float(loss)
+        return float(loss.detach())
 
     def state(self) -> dict[str, Any]:
         """Everything a resumed run needs, in a ``weights_only``-loadable form."""
