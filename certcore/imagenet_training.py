@@ -12,7 +12,9 @@ selection; the 100 bundled evaluation samples are never touched here.
 Schedule: linear warm-up, then cosine decay over ``--total-steps`` to ``--min-lr-ratio`` of the peak, plus an
 exponential moving average (EMA) of the weights, so a run cut at any point still has a low-noise model to export.
 The full state (model, EMA, optimiser, scheduler, step, generators, history) is written atomically every
-``--save-minutes`` and on SIGTERM/SIGINT; ``--resume`` continues the same run. ``--export`` writes the certcore
+``--save-minutes`` and on SIGTERM/SIGINT; ``--resume`` continues the same run, with the same options except
+``--total-steps``, which may be changed to stretch the schedule when the CPU turns out faster or slower than planned
+(the change is recorded in the history). ``--export`` writes the certcore
 checkpoint from a state file (without disturbing a run that is still writing it).
 """
 
@@ -31,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -39,7 +40,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from certcore.ablation import ablate
 from certcore.checkpoints import atomic_torch_save, save_checkpoint
-from certcore.data import class_names, imagenet_eval_transform, shared_data_dir
+from certcore.data import bundled_samples, class_names, imagenet_eval_transform, shared_data_dir
 from certcore.imagenet_model import (
     FRONT_ENDS,
     IMAGENET_SIZE,
@@ -162,7 +163,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill-weight", type=float, default=1.0, help="w: loss = (1-w) CE + w T^2 KL")
     p.add_argument("--crop-scale", type=float, default=0.25, help="smallest area fraction of a random crop")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-root", default=None, help="shared data folder (default CERTCORE_SHARED_DATA or ../shared/data)")
+    p.add_argument("--data-root", default=None,
+                   help="shared data folder (default: CERTCORE_SHARED_DATA or ../shared/data)")
     p.add_argument("--state", default="checkpoints/state/imagenet_effnetlite0_e1000.state.pt")
     p.add_argument("--out", default="checkpoints/imagenet_effnetlite0_e1000.pt", help="certcore checkpoint to export")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --state")
@@ -171,6 +173,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=300, help="held-out accuracy every N steps")
     p.add_argument("--eval-repeats", type=int, default=2, help="ablations per held-out image in the periodic check")
     p.add_argument("--export-repeats", type=int, default=10, help="ablations per held-out image at export")
+    p.add_argument("--with-bundled", action="store_true",
+                   help="with --export: also report accuracy on the 100 bundled evaluation samples (after selection)")
     p.add_argument("--stop-at-step", type=int, default=0, help="save the state and stop at this step (0: run on)")
     p.add_argument("--log-every", type=int, default=20)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -256,7 +260,7 @@ class Trainer:
         """Continue from ``state``; returns True when the generators had to be reseeded (other device type)."""
         saved = json.loads(state["config"])
         diff = {k: (saved.get(k), self.config.get(k)) for k in saved.keys() | self.config.keys()
-                if saved.get(k) != self.config.get(k)}
+                if saved.get(k) != self.config.get(k) and k != "total_steps"}
         if diff:
             raise SystemExit(f"--resume: options differ from the saved run (saved, now): {diff}")
         self.model.load_state_dict(state["model"])
@@ -265,6 +269,8 @@ class Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed_s"])
         self.history, self.devices = json.loads(state["history"]), json.loads(state["devices"])
+        if saved["total_steps"] != self.config["total_steps"]:  # the schedule is extended (or shortened) from here
+            self.history.append({"step": self.step, "total_steps": [saved["total_steps"], self.config["total_steps"]]})
         rng_restore(state["rng"])
         return restore_generators([self.aug, self.abl], state["generators"], self.seeds, self.step)
 
@@ -366,6 +372,15 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     log(f"held-out single-ablation ({repeats} masks x {len(held_y)} images): {scores}; chosen {chosen_name}; "
         f"after fp16 rounding {fp16}")
     stored = half.half()
+    accuracies = {"heldout_ablated": scores[chosen_name], "heldout_ablated_all": scores,
+                  "heldout_ablated_fp16": fp16, "eval_repeats": repeats, "eval_seed": EVAL_SEED,
+                  "note": "single-ablation (base-classifier) accuracies, not certified accuracies"}
+    if args.with_bundled:  # measured after the weights were chosen: a report, never a selection criterion
+        samples = bundled_samples("imagenet")
+        bx, by = torch.stack([s.image for s in samples]), torch.tensor([s.label for s in samples])
+        accuracies["bundled_ablated"] = ablated_topk(half, bx, by, e, repeats)
+        log(f"bundled evaluation samples, single-ablation ({repeats} masks x 100 images): "
+            f"{accuracies['bundled_ablated']}")
     history = json.loads(state["history"])
     meta = {
         "dataset": "imagenet",
@@ -398,9 +413,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         },
         "training_time_s": round(float(state["elapsed_s"]), 1),
         "device": "; ".join(json.loads(state["devices"])),
-        "accuracies": {"heldout_ablated": scores[chosen_name], "heldout_ablated_all": scores,
-                       "heldout_ablated_fp16": fp16, "eval_repeats": repeats, "eval_seed": EVAL_SEED,
-                       "note": "single-ablation (base-classifier) accuracies, not certified accuracies"},
+        "accuracies": accuracies,
         "history": history,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

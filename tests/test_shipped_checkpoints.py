@@ -21,7 +21,8 @@ from certcore.data import ImageSet, bundled_samples, cifar10_offline, class_name
 from certcore.default_result import DEFAULT_NAME
 
 SHIPPED = [  # the ImageNet checkpoint has its own checks (tests/test_imagenet_checkpoint.py)
-    c for c in list_checkpoints(Path(__file__).resolve().parents[1] / "checkpoints") if c.metadata["dataset"] == "cifar10"
+    c for c in list_checkpoints(Path(__file__).resolve().parents[1] / "checkpoints")
+    if c.metadata["dataset"] == "cifar10"
 ]
 CPU = train.Dist(0, 1, torch.device("cpu"))
 
