@@ -22,6 +22,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 CIFAR_DEPTHS = {"resnet20": 20, "resnet56": 56, "resnet110": 110}
 ARCHS = (*CIFAR_DEPTHS, "resnet50")
+PRETRAINED_IMAGENET_ARCHS = ("effnetlite0",)  # certcore.models.imagenet: front end + EfficientNet-Lite0
 
 
 class EncodingNormalize(nn.Module):
@@ -108,13 +109,21 @@ def build_model(
     in_channels: int = 6,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
-) -> AblationClassifier:
-    """Build an untrained base classifier ``arch`` (resnet20/56/110 for CIFAR, resnet50 for ImageNet).
+) -> nn.Module:
+    """Build an untrained base classifier ``arch`` (resnet20/56/110 for CIFAR, resnet50 or effnetlite0 for ImageNet).
 
-    ``in_channels`` is the width 2C of the ablation encoding; ``mean``/``std`` are the C per-channel statistics.
+    ``in_channels`` is the width 2C of the ablation encoding; ``mean``/``std`` are the C per-channel statistics
+    (effnetlite0 scales its input itself and takes RGB, 1000 classes only).
     """
+    if arch in PRETRAINED_IMAGENET_ARCHS:
+        from certcore.models.imagenet import NUM_CLASSES, build_imagenet_model  # imports timm only when needed
+
+        if num_classes != NUM_CLASSES or in_channels != 6:
+            raise ValueError(f"arch {arch} takes in_channels=6 and num_classes={NUM_CLASSES}, "
+                             f"got {in_channels} and {num_classes}")
+        return build_imagenet_model(arch)
     if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {', '.join(ARCHS)}; got {arch!r}")
+        raise ValueError(f"arch must be one of {', '.join((*ARCHS, *PRETRAINED_IMAGENET_ARCHS))}; got {arch!r}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be positive, got {num_classes}")
     if len(mean) != len(std) or in_channels != 2 * len(mean):

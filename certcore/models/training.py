@@ -24,6 +24,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -317,23 +318,35 @@ def recalibrate_batchnorm(model: nn.Module, data: Any, args: argparse.Namespace,
     augmented training batches (seeded). During training the running statistics lag the weights while the
     learning rate is high; measured on this run's epoch-5 state: 44.6% ablated accuracy with batch statistics
     but 30% with the running ones. Recomputing them makes the eval-mode model match the weights it has."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     per_rank = args.batch_size // d.world
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(EVAL_SEED)).tolist()
     batches = [order[i : i + per_rank] for i in range(0, len(order) - per_rank + 1, per_rank)][: args.bn_batches]
-    if not norms or not batches:
+    gen = torch.Generator(device=d.device).manual_seed(EVAL_SEED + 1)
+    inputs = (ablate(x, args.e, gen) for x, _ in iterate_batches(data, batches, args, d, gen))
+    average_batchnorm_statistics(model, inputs)
+
+
+def average_batchnorm_statistics(model: nn.Module, inputs: Iterable[torch.Tensor]) -> None:
+    """Set every BatchNorm's running mean/variance to the plain average over the batches ``inputs`` (model inputs,
+    fed in training mode without gradients); nothing changes when the model has no BatchNorm or ``inputs`` is empty."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
         return
     was_training = model.training
-    momenta = [m.momentum for m in norms]
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items()}) for m in norms]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
     model.train()
-    gen = torch.Generator(device=d.device).manual_seed(EVAL_SEED + 1)
-    for x, _ in iterate_batches(data, batches, args, d, gen):
-        model(ablate(x, args.e, gen).contiguous(memory_format=torch.channels_last))
-    for m, momentum in zip(norms, momenta, strict=True):
+    seen = 0
+    with torch.no_grad():
+        for x in inputs:
+            model(x.contiguous(memory_format=torch.channels_last))
+            seen += 1
+    for m, (momentum, before) in zip(norms, saved, strict=True):
         m.momentum = momentum
+        if not seen:
+            m.load_state_dict(before)
     model.train(was_training)
 
 

@@ -1,0 +1,79 @@
+"""The ImageNet distillation trainer: a resumed run equals an uninterrupted one; the export is a valid checkpoint.
+
+Runs on a tiny fake train pool (random-noise JPEGs) written to a temporary folder, so no shared data is needed and
+no real image is trained on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from certcore.models import imagenet_training
+from certcore.models.checkpoints import load_checkpoint
+
+LABELS = (1, 2, 5, 15)  # two training images, two held out (classes 5 mod 10)
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("shared")
+    folder = root / "imagenet" / "train_pool"
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    with open(folder / "labels.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "class_index"])
+        for label in LABELS:
+            name = f"{label:03d}_fake.jpg"
+            Image.fromarray(rng.integers(0, 256, (256, 300, 3), dtype=np.uint8)).save(folder / "images" / name)
+            writer.writerow([name, label])
+    return root
+
+
+def run(root: Path, tmp: Path, name: str, *extra: str) -> None:
+    imagenet_training.main([
+        "--data-root", str(root), "--state", str(tmp / f"{name}.state.pt"), "--out", str(tmp / f"{name}.pt"),
+        "--images-per-step", "2", "--masks-per-image", "2", "--total-steps", "4", "--warmup-steps", "2",
+        "--eval-every", "2", "--eval-repeats", "1", "--export-repeats", "1", "--bn-batches", "1",
+        "--device", "cpu", *extra,
+    ])  # fmt: skip
+
+
+def test_split_holds_out_classes_five_mod_ten(fake_root: Path) -> None:
+    train, held = imagenet_training.load_pool(fake_root)
+    assert train.labels.tolist() == [1, 2] and held.labels.tolist() == [5, 15]
+
+
+def test_resumed_run_equals_uninterrupted_run(fake_root: Path, tmp_path: Path) -> None:
+    run(fake_root, tmp_path, "whole")
+    run(fake_root, tmp_path, "cut", "--stop-at-step", "2")
+    assert not (tmp_path / "cut.pt").exists()  # stopped early: state only
+    with pytest.raises(SystemExit, match="exists"):
+        run(fake_root, tmp_path, "cut")  # a fresh run refuses to overwrite a state
+    with pytest.raises(SystemExit, match="options differ"):
+        run(fake_root, tmp_path, "cut", "--resume", "--lr", "1e-3")
+    run(fake_root, tmp_path, "cut", "--resume")
+    whole = torch.load(tmp_path / "whole.state.pt", weights_only=True)
+    cut = torch.load(tmp_path / "cut.state.pt", weights_only=True)
+    assert whole["step"] == cut["step"] == 4
+    for part in ("model", "ema"):
+        for key, value in whole[part].items():
+            assert torch.equal(value, cut[part][key]), f"{part}.{key}"
+    held = [[(h["step"], h["heldout"]) for h in json.loads(s["history"])] for s in (whole, cut)]
+    assert held[0] == held[1] and len(held[0]) == 2
+    for a, b in zip(whole["generators"], cut["generators"], strict=True):
+        assert torch.equal(a, b)
+    model, meta = load_checkpoint(tmp_path / "cut.pt", dataset="imagenet", e=1000)
+    assert meta["arch"] == "effnetlite0" and meta["training"]["steps_done"] == 4
+    assert "Apache" in meta["pretrained_weights"] and meta["training"]["status"] == "finished"
+    floats = [v for v in torch.load(tmp_path / "cut.pt", weights_only=True)["state_dict"].values()
+              if v.is_floating_point()]
+    assert all((v.dtype == torch.float16) == (v.ndim >= 2) for v in floats)
+    assert not model.training
