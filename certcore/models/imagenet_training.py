@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import timm
 import torch
 from PIL import Image
 from torch import nn
@@ -434,6 +435,8 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         "weights_dtype": "conv/linear weights stored in float16, biases and BatchNorm in float32; loaded as float32",
         "pretrained_weights": WEIGHTS_NOTICE,
         "license": "Apache-2.0",
+        "software": {"timm": timm.__version__, "torch": torch.__version__,
+                     "network": "timm tf_efficientnet_lite0 (TF 'same' padding)"},
         "training": {
             **config,
             "steps_done": state["step"],
