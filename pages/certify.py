@@ -63,10 +63,21 @@ def _request_complete() -> None:
     st.session_state[COMPLETE] = True
 
 
+def _dataset_checkpoints(dataset: str) -> dict[str, CheckpointInfo]:
+    """The checkpoints trained for ``dataset``, by name, the default one first."""
+    infos = {c.name: c for c in ui.checkpoints() if c.metadata.get("dataset") == dataset}
+    return {name: infos[name] for name in default_checkpoint_first(infos)}
+
+
 def _dataset_changed() -> None:
-    """Another dataset: e and n go back to its defaults (its checkpoint's e, its stored result's n)."""
-    for key in ("e", "n"):
-        st.session_state.pop(key, None)
+    """Another dataset: e and n go to its defaults (its first checkpoint's e, its stored result's n). Set, not
+    deleted: the browser would send the old values back for widgets it still shows."""
+    dataset = DATASETS[st.session_state["dataset"]]
+    default = ui.default_result(dataset)
+    st.session_state["n"] = default.sampled.n if default is not None else app_defaults(dataset)["n"]
+    infos = _dataset_checkpoints(dataset)
+    if infos:
+        st.session_state["e"] = int(next(iter(infos.values())).metadata["e"])
 
 
 def _use_image(image_id: str) -> None:
@@ -75,7 +86,7 @@ def _use_image(image_id: str) -> None:
 
 def checkpoint_picker(dataset: str) -> CheckpointInfo | None:
     """Choose among the dataset's checkpoints (with their metadata); explain how to get one if there is none."""
-    infos = {c.name: c for c in ui.checkpoints() if c.metadata.get("dataset") == dataset}
+    infos = _dataset_checkpoints(dataset)
     if not infos:
         st.warning(
             f"No {'ImageNet' if dataset == 'imagenet' else 'CIFAR10'} checkpoint in `{checkpoint_dir()}`. "
@@ -88,8 +99,7 @@ def checkpoint_picker(dataset: str) -> CheckpointInfo | None:
         st.caption("Any certcore checkpoint file (`*.pt`) in that folder works; set `CERTCORE_CHECKPOINTS` to use "
                    "another folder. Without a model, the What-if page certifies label counts at any size.")
         return None
-    names = default_checkpoint_first(infos)
-    name = st.selectbox("Checkpoint (base classifier)", names, key="checkpoint",
+    name = st.selectbox("Checkpoint (base classifier)", list(infos), key="checkpoint",
                         help="A base classifier trained on ablated images (certcore.train); its metadata below.")
     st.caption(checkpoint_summary(infos[name].metadata))
     return infos[name]

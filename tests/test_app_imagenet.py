@@ -4,6 +4,7 @@ ImageNet, a tiny run, What-if from its counts, and the Certified accuracy page a
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -48,7 +49,8 @@ def test_selecting_imagenet_shows_the_stored_certificate(imagenet_checkpoint, sa
     # a stored result of another checkpoint (the file was replaced) is shown with a note, as for CIFAR10
     assert ("The inputs above changed" in texts(at)) == (weights != stored.weights_sha256)
     counts = chart(at, 0)["data"][0]
-    assert len(counts["x"]) <= 21 and counts["x"][0] == "fiddler crab ★"  # top labels and "all others", by name
+    assert len(counts["x"]) == 21 and counts["x"][0] == "fiddler crab ★"  # the top 20 labels by name, then the rest
+    assert re.fullmatch(r"all \d+ others", counts["x"][-1])
     assert len(at.dataframe[1].value) == 20  # the bounds table: the top 20 labels, not 1,000 rows
 
 
