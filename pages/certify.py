@@ -272,10 +272,11 @@ def whats_seen(selection: Selection, e: int, seed: int, d: int) -> None:
     """A few ablated copies of the image, as the base classifier sees them (grey = ablated)."""
     if not 1 <= e <= d:
         return
-    previews = ablated_previews(selection.image, e, 8, seed)
+    count, columns = (8, 4) if d <= 1024 else (2, 1)  # large images: fewer, bigger, so single pixels show
+    previews = ablated_previews(selection.image, e, count, seed)
     tiles = np.stack([enlarge(x.numpy(), 60) for x in previews])
-    st.image(mosaic(tiles, columns=4), width=256 if d <= 1024 else "stretch")
-    st.caption(f"What the classifier sees: 8 random ablations keeping e = {e:,} of d = {d:,} pixels (grey = "
+    st.image(mosaic(tiles, columns=columns), width=256 if d <= 1024 else "stretch")
+    st.caption(f"What the classifier sees: {count} random ablations keeping e = {e:,} of d = {d:,} pixels (grey = "
                "ablated; the model gets a 6-channel encoding that marks them).")
 
 

@@ -296,5 +296,6 @@ def checkpoint_summary(meta: Mapping[str, Any]) -> str:
                 f"accuracy on single ablated held-out images {heldout:.1%} · " if heldout is not None else "")
     status = meta.get("training", {}).get("status")
     device = meta.get("device", "unknown device")
-    return (f"{meta['arch']} · trained with e = {meta['e']} · {accuracy}trained on {device}"
+    where = device if device.startswith("from step") else f"on {device}"  # a resumed run: "from step 0: cpu; ..."
+    return (f"{meta['arch']} · trained with e = {meta['e']} · {accuracy}trained {where}"
             f" · weights {meta['weights_sha256'][:12]}" + (f" · **{status}**" if status else ""))
