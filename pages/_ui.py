@@ -24,7 +24,7 @@ from certcore.engine.certificate import Certificate
 from certcore.engine.compiled import compile_for_cpu
 from certcore.models.checkpoints import CheckpointInfo, CheckpointWarning, list_checkpoints, load_checkpoint
 from certcore.models.data import Sample, bundled_samples
-from certcore.views.default_result import DefaultResult, checkpoint_dir, load_default
+from certcore.views.default_result import STORED, DefaultResult, checkpoint_dir, load_default
 from certcore.views.explain import (
     bound_rows,
     certificate_json,
@@ -150,9 +150,11 @@ def model(path: str, weights_sha256: str, device: str, image_shape: tuple[int, i
 
 
 @st.cache_resource(show_spinner=False)
-def default_result() -> DefaultResult | None:
-    """The stored default certificate (certcore/default_certificate.json)."""
-    return load_default()
+def default_result(dataset: str) -> DefaultResult | None:
+    """The stored default certificate of ``dataset`` (e.g. certcore/default_certificate.json), if it is one of
+    ``dataset``'s."""
+    stored = load_default(STORED[dataset].path)
+    return stored if stored is not None and stored.dataset == dataset else None
 
 
 class CountsStore:

@@ -9,14 +9,13 @@ import streamlit as st
 from certcore.engine.sampling import default_batch_size
 from certcore.evaluation.evaluate import EvaluationError, open_image_source
 from certcore.evaluation.plots import accuracy_runs_figure
-from certcore.evaluation.results import ResultsError, list_result_files, most_complete_run, read_results
+from certcore.evaluation.results import ResultsError, list_result_files, read_results
 from certcore.evaluation.summarize import summary_data
-from certcore.models.checkpoints import checkpoint_sha256
 from certcore.views.default_result import (
     DEFAULT_CHECKPOINT,
     DEFAULT_NAME,
-    checkpoint_dir,
     default_checkpoint_first,
+    default_run,
     results_dir,
 )
 from certcore.views.interactive import ProgressReporter, evaluate_images
@@ -34,9 +33,7 @@ def curves(files: list[Path]) -> None:
     if st.session_state.get(NEW_FILE) in names:
         st.session_state[FILES] = sorted({*st.session_state.get(FILES, []), st.session_state.pop(NEW_FILE)})
     if FILES not in st.session_state:  # first visit: the default checkpoint's most complete run
-        default = checkpoint_dir() / DEFAULT_CHECKPOINT
-        sha256 = checkpoint_sha256(default) if default.is_file() else None
-        main = most_complete_run(files, DEFAULT_NAME, sha256)
+        main = default_run(files)
         st.session_state[FILES] = [main.name] if main else names[:1]
     chosen = st.multiselect("Results files", names, key=FILES,
                             help=f"JSON-lines files of `python -m certcore.evaluate` in `{results_dir()}`.")

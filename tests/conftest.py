@@ -1,10 +1,13 @@
-"""Shared fixtures. ``shared_data``: the offline data folder; tests using it skip when it is absent."""
+"""Shared fixtures. ``shared_data``: the offline data folder; tests using it skip when it is absent. ``sampling_calls``:
+the n of every sampling a page starts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+import certcore.views.interactive
 
 
 @pytest.fixture(scope="session")
@@ -16,6 +19,20 @@ def shared_data() -> Path:
     if not (path / "cifar10").is_dir() or not (path / "checkpoints").is_dir():
         pytest.skip(f"offline data folder not found at {path} (set CERTCORE_SHARED_DATA to its location)")
     return path
+
+
+@pytest.fixture
+def sampling_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts calls of sample_counts made by the page (each entry: the n requested)."""
+    calls: list[int] = []
+    real = certcore.views.interactive.sample_counts
+
+    def counted(model, image, e, n, **kwargs):
+        calls.append(n)
+        return real(model, image, e, n, **kwargs)
+
+    monkeypatch.setattr(certcore.views.interactive, "sample_counts", counted)
+    return calls
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

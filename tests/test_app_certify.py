@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-import certcore.views.interactive
 from certcore.models.architectures import build_model
 from certcore.models.checkpoints import save_checkpoint
 from certcore.models.data import class_names
@@ -16,20 +15,6 @@ from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F
 
 pytestmark = pytest.mark.usefixtures("app_env")
 SUBMIT = "FormSubmitter:certify-parameters-Certify"
-
-
-@pytest.fixture
-def sampling_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts calls of sample_counts made by the page (each entry: the n requested)."""
-    calls: list[int] = []
-    real = certcore.views.interactive.sample_counts
-
-    def counted(model, image, e, n, **kwargs):
-        calls.append(n)
-        return real(model, image, e, n, **kwargs)
-
-    monkeypatch.setattr(certcore.views.interactive, "sample_counts", counted)
-    return calls
 
 
 def test_first_load_shows_the_stored_certificate(sampling_calls):
@@ -89,7 +74,7 @@ def test_without_a_checkpoint_the_page_says_how_to_get_one(monkeypatch, tmp_path
     at = open_page(query={"dataset": "ImageNet"})
     assert not at.exception
     assert "No ImageNet checkpoint" in texts(at)
-    assert any("--dataset imagenet --arch resnet50 --e 1000" in c.value for c in at.code)
+    assert any("python -m certcore.imagenet_training --arch effnetlite0 --e 1000" in c.value for c in at.code)
 
 
 def test_a_link_with_unusable_values_says_so_and_does_not_run(sampling_calls):

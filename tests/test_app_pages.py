@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from certcore.math.radius import certify_counts
 from certcore.models.checkpoints import checkpoint_sha256
 from certcore.views.default_result import DEFAULT_CHECKPOINT, DEFAULT_NAME, checkpoint_dir, results_dir
 from tests.app_helpers import app_env, assert_clean, chart, open_page, texts, trace_names  # noqa: F401 - app_env: a fixture
@@ -109,3 +110,29 @@ def test_what_if_takes_the_counts_of_the_last_certificate():
     assert_clean(at)
     assert at.dataframe[0].value["count"].tolist() == list(sampled.counts)
     assert at.selectbox(key="wi-label").value == sampled.label
+
+
+def test_accuracy_page_shows_an_imagenet_run_against_table_2():
+    """Only an ImageNet results file (1,000 labels, d = 50,176, e = 1,000): the page opens on it, with the paper's
+    Table 2 (ResNet-50) dashed for the same k and the run's certified accuracies in the table."""
+    results = results_dir()
+    results.mkdir()
+    d, e, alpha = 224 * 224, 1000, 0.001
+    records = []
+    for i, (label, top) in enumerate([(0, 900), (10, 400), (20, 30)]):
+        counts = [0] * 1000
+        counts[label], counts[label + 1], counts[label + 2] = top, 1000 - top - 50, 50
+        radii = {str(k): certify_counts(counts, label, d, e, k, alpha) for k in (1, 3)}
+        records.append(make_record(i, label, counts, radii, dataset="imagenet", data_source="imagenet-bundled", d=d,
+                                   e=e, checkpoint="imagenet_effnetlite0_e1000"))
+    write_records(results / "imagenet_effnetlite0_e1000_n1000.jsonl", records)
+    at = open_page("pages/accuracy.py")
+    assert_clean(at)
+    assert at.multiselect(key="acc-files").value == ["imagenet_effnetlite0_e1000_n1000.jsonl"]
+    names = trace_names(chart(at))
+    assert "top-1 · imagenet_effnetlite0_e1000 · n=1,000 · α=0.001 · 3 images" in names
+    assert any(n.startswith("paper Table 2 · top-1 · ResNet-50") for n in names)
+    assert any(n.startswith("paper Table 2 · top-3 · ResNet-50") for n in names)
+    table = at.dataframe[0].value
+    expected = [sum(r["radii"]["1"] >= x for r in records) / 3 for x in range(3)]
+    assert table[table["k"] == 1][["r=0", "r=1", "r=2"]].values.tolist()[0] == pytest.approx(expected)

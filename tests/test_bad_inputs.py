@@ -128,6 +128,7 @@ def png_header(width: int, height: int) -> bytes:
     return bytes(png)
 
 
+IMAGENET_UPLOAD = functools.partial(AppInput, query={"dataset": "ImageNet"}, checkpoints="other")
 RNG = np.random.default_rng(0)
 NOISE_JPEG = encode(Image.fromarray(RNG.integers(0, 256, (48, 48, 3), dtype=np.uint8)), "JPEG")
 
@@ -384,6 +385,20 @@ ROWS: list[Row] = [
     Row("upload_rgba", "certify-page", AppInput(upload=("alpha.png", encode(Image.new("RGBA", (33, 20),
                                                                                        (10, 20, 30, 40))),
                                                         "image/png")), Accepted(lambda at: uploaded(at))),
+    # ---- uploads for the ImageNet model (224x224; "other" holds a checkpoint trained for ImageNet): accepted, with a
+    # note on what decoding did to them
+    Row("imagenet_upload_greyscale", "certify-page", IMAGENET_UPLOAD(upload=(
+        "grey.png", encode(Image.new("L", (300, 200), 77)), "image/png")),
+        Warned(r"greyscale image: its grey level is copied to the three colour channels")),
+    Row("imagenet_upload_cmyk", "certify-page", IMAGENET_UPLOAD(upload=(
+        "print.jpg", encode(Image.new("CMYK", (300, 200), (0, 50, 100, 0)), "JPEG"), "image/jpeg")),
+        Warned(r"A CMYK image: converted to RGB")),
+    Row("imagenet_upload_16x16", "certify-page", IMAGENET_UPLOAD(upload=(
+        "icon.png", encode(Image.new("RGB", (16, 16), (9, 99, 199))), "image/png")),
+        Warned(r"Only 16 pixels on its short side: enlarged 16x to 224x224")),
+    Row("imagenet_upload_10000x10", "certify-page", IMAGENET_UPLOAD(upload=(
+        "strip.png", encode(Image.new("RGB", (10_000, 10), (9, 99, 199))), "image/png")),
+        Warned(r"A 10,000x10 image: the centre crop keeps its middle 9x9 pixels, 0\.08% of it")),
     Row("upload_16_bit", "certify-page",
         AppInput(upload=("deep.png", encode(Image.fromarray(np.full((32, 32), 40_000, np.uint16))), "image/png")),
         Accepted(lambda at: uploaded(at))),

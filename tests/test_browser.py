@@ -1,19 +1,22 @@
 """The app in a real browser: ``streamlit run app.py`` driven by Debian's Chromium through Playwright.
 
 A small certification runs to the end of its progress bar and shows its radius and plotly charts; a large one is
-stopped with the Stop button and shows a partial certificate. Screenshots at desktop and phone width go to
+stopped with the Stop button and shows a partial certificate; choosing ImageNet shows its stored certificate (with
+the shipped ImageNet checkpoint, skipped without it). Screenshots at desktop and phone width go to
 ``artifacts/`` (gitignored). Skipped when /usr/bin/chromium is absent (CI installs it: see .ci/run).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from certcore.views.default_result import REPO_ROOT, STORED
 from tests.app_helpers import write_checkpoint
 from tests.streamlit_server import streamlit_server
 
@@ -22,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+IMAGENET_CHECKPOINT = REPO_ROOT / "checkpoints" / STORED["imagenet"].checkpoint
 SLOW = 120_000  # ms: the first script run imports torch and plotly on a loaded 2-core machine
 
 pytestmark = [
@@ -32,10 +36,13 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """``streamlit run app.py`` on a free port with an untrained checkpoint; yields its URL once healthy."""
+    """``streamlit run app.py`` on a free port with an untrained checkpoint (and the shipped ImageNet one, if
+    present); yields its URL once healthy."""
     root = tmp_path_factory.mktemp("browser")
     (root / "checkpoints").mkdir()
     write_checkpoint(root / "checkpoints")
+    if IMAGENET_CHECKPOINT.is_file():
+        (root / "checkpoints" / IMAGENET_CHECKPOINT.name).symlink_to(IMAGENET_CHECKPOINT)
     env = {**os.environ, "CERTCORE_CHECKPOINTS": str(root / "checkpoints"), "CERTCORE_RESULTS": str(root / "res")}
     try:
         with streamlit_server(ROOT, env, root / "server.log") as url:
@@ -120,4 +127,21 @@ def test_stop_keeps_a_partial_certificate(server, browser):
     page.get_by_role("button", name="Run all 500,000 samples").wait_for()
     _wait_idle(page)
     _screenshot(page, "certify-stopped.png")
+    page.close()
+
+
+@pytest.mark.skipif(not IMAGENET_CHECKPOINT.is_file(), reason=f"the ImageNet checkpoint {IMAGENET_CHECKPOINT} is "
+                    "absent (it ships on main; python -m certcore.imagenet_training makes one)")
+def test_choosing_imagenet_shows_its_stored_certificate(server, browser):
+    page = browser.new_page(viewport={"width": 1400, "height": 900})
+    page.goto(server, timeout=SLOW)
+    page.get_by_text("Eq. 6 curves for").wait_for(timeout=SLOW)
+    page.locator("[data-testid=stRadio]").get_by_text("ImageNet", exact=True).click()
+    page.get_by_text(f"stored result (certcore/{STORED['imagenet'].path.name})").wait_for(timeout=SLOW)
+    page.get_by_text("Certificate: fiddler crab").wait_for(timeout=SLOW)
+    _wait_idle(page)
+    assert page.locator("[data-testid=stException]").count() == 0
+    assert page.get_by_role("spinbutton", name="e: pixels kept per ablation").input_value() == "1000"
+    assert page.locator(".js-plotly-plot").first.get_by_text(re.compile(r"all [\d,]+ others")).count() == 1  # tail
+    _screenshot(page, "certify-imagenet.png")
     page.close()

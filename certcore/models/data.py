@@ -194,6 +194,40 @@ def load_uploaded_image(data: bytes, dataset: str) -> torch.Tensor:
     return tf(rgb)
 
 
+# dataset -> (short side the image is resized to, side of the centre crop the model gets)
+INPUT_GEOMETRY = {"cifar10": (32, 32), "imagenet": (256, 224)}
+
+
+def upload_notes(data: bytes, dataset: str) -> list[str]:
+    """What decoding an upload that ``load_uploaded_image`` accepted did to it, in words: colours converted to RGB
+    (greyscale, CMYK, palette), enlarged beyond its pixels, or mostly cropped away (a very long image).
+
+    >>> import io; buf = io.BytesIO(); Image.new("CMYK", (10_000, 10)).save(buf, "JPEG")
+    >>> for note in upload_notes(buf.getvalue(), "imagenet"): print(note)
+    A CMYK image: converted to RGB, so its colours may shift slightly.
+    Only 10 pixels on its short side: enlarged 25.6x to 224x224, so the model sees a blurred image.
+    A 10,000x10 image: the centre crop keeps its middle 9x9 pixels, 0.08% of it.
+    """
+    _check_dataset(dataset)
+    with Image.open(io.BytesIO(data)) as img:
+        mode, (w, h) = img.mode, img.size
+    notes = []
+    if mode in ("L", "LA", "1", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        notes.append("A greyscale image: its grey level is copied to the three colour channels (R = G = B).")
+    elif mode == "CMYK":
+        notes.append("A CMYK image: converted to RGB, so its colours may shift slightly.")
+    resize, crop = INPUT_GEOMETRY[dataset]
+    short = min(w, h)
+    if short < resize:
+        notes.append(f"Only {short:,} pixels on its short side: enlarged {resize / short:.3g}x to {crop}x{crop}, so "
+                     "the model sees a blurred image.")
+    kept = short * crop / resize  # the side of the crop, in the upload's pixels
+    if kept * kept < 0.5 * w * h:
+        notes.append(f"A {w:,}x{h:,} image: the centre crop keeps its middle {kept:,.0f}x{kept:,.0f} pixels, "
+                     f"{kept * kept / (w * h):.2%} of it.")
+    return notes
+
+
 def _to_set(x_hwc: np.ndarray, y: np.ndarray, names: list[str], source: str) -> ImageSet:
     images = torch.from_numpy(np.ascontiguousarray(x_hwc)).permute(0, 3, 1, 2).contiguous()
     return ImageSet(images, torch.from_numpy(y.astype(np.int64)), names, source)

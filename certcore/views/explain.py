@@ -278,3 +278,24 @@ def counts_csv(cert: Certificate, names: Sequence[str]) -> str:
     writer.writerow(["label", "name", "count"])
     writer.writerows([j, names[j], n] for j, n in enumerate(cert.counts))
     return out.getvalue()
+
+
+def checkpoint_summary(meta: Mapping[str, Any]) -> str:
+    """One line on a checkpoint from its metadata: architecture, e, single-ablation accuracy, where it was trained,
+    the start of the weights' hash and, for an unfinished run, its status.
+
+    >>> meta = {"arch": "effnetlite0", "e": 1000, "weights_sha256": "aa3e5b4a099744630d55", "device": "cpu",
+    ...         "accuracies": {"heldout_ablated": {"top1": 0.1125}}}
+    >>> print(checkpoint_summary(meta))  # doctest: +ELLIPSIS
+    effnetlite0 · trained with e = 1000 · accuracy on single ablated held-out images 11.2% · trained on cpu · ...
+    """
+    accuracies = meta.get("accuracies", {})
+    heldout = accuracies.get("heldout_ablated", {}).get("top1")  # the ImageNet trainer's (held-out train images)
+    accuracy = (f"accuracy on single ablated test images {accuracies['eval500_ablated']:.1%} · "
+                if "eval500_ablated" in accuracies else
+                f"accuracy on single ablated held-out images {heldout:.1%} · " if heldout is not None else "")
+    status = meta.get("training", {}).get("status")
+    device = meta.get("device", "unknown device")
+    where = device if device.startswith("from step") else f"on {device}"  # a resumed run: "from step 0: cpu; ..."
+    return (f"{meta['arch']} · trained with e = {meta['e']} · {accuracy}trained {where}"
+            f" · weights {meta['weights_sha256'][:12]}" + (f" · **{status}**" if status else ""))
