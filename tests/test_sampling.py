@@ -150,7 +150,7 @@ def test_progress_with_counts_sees_the_running_counts_and_changes_nothing(worker
                            workers=workers)
     assert [done for done, _ in seen] == [200, 400, 600, 800, 1000, 1050]
     assert all(counts.sum() == done and counts.dtype == np.int64 for done, counts in seen)  # copies, not a view
-    for (done, counts), (_, later) in zip(seen, seen[1:], strict=False):
+    for (_, counts), (_, later) in zip(seen, seen[1:], strict=False):
         assert (later >= counts).all() and later.sum() > counts.sum()
     assert np.array_equal(seen[-1][1], result.counts)
     assert np.array_equal(result.counts, sample_counts(row_model(), IMAGE, E, 1050, seed=8).counts)
