@@ -88,8 +88,9 @@ class Certificate:
     """Everything a certification of one image produced; see the module docstring for the two confidences.
 
     ``lower``/``upper`` are the bounds of every label named by ``bounds`` (``"simuem"``: Eq. 8 at a fixed n;
-    ``"anytime"``: valid whenever sampling stopped), ``lower_rounded``/``upper_rounded`` the same after Eq. 4. ``top_k`` are the k labels with the largest counts (ties: smaller label first), the
-    smoothed classifier's prediction. ``radii`` holds a ``LabelRadius`` for each of them in that order, then
+    ``"anytime"``: valid whenever sampling stopped), ``lower_rounded``/``upper_rounded`` the same after Eq. 4.
+    ``top_k`` are the k labels with the largest counts (ties: smaller label first), the smoothed classifier's
+    prediction. ``radii`` holds a ``LabelRadius`` for each of them in that order, then
     for ``label`` (the true label, when given) if it is not among them. ``levine_feizi_radius`` is the top-1
     radius Levine & Feizi's method gives ``top_k[0]`` from the same counts: a baseline for comparison, not
     covered by the two confidences above.

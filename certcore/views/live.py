@@ -35,7 +35,8 @@ def live_headline(cert: Certificate, names: Sequence[str]) -> str:
     j = watched_label(cert)
     who = f"'{names[j]}' ({'true label' if j == cert.label else 'top-1'})"
     radius = cert.radius_of(j)
-    state = "is **not certified yet**" if radius < 0 else f"is certified in the top {cert.k} for **{_radius_words(radius)}**"
+    state = ("is **not certified yet**" if radius < 0
+             else f"is certified in the top {cert.k} for **{_radius_words(radius)}**")
     kind = "anytime-valid" if cert.bounds == "anytime" else "SimuEM"
     return f"**After {cert.n:,} samples:** {who} {state} ({kind})."
 
