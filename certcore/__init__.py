@@ -41,6 +41,7 @@ from certcore.version import __version__
 _LAZY = {
     "certcore.engine.ablation": ("ablate", "ablated_previews", "draw_keep_masks", "encode_ablated"),
     "certcore.engine.sampling": ("SamplingCancelled", "SamplingResult", "sample_counts"),
+    "certcore.engine.queue": ("Job", "JobStatus", "SamplingQueue", "shared_queue"),
     "certcore.engine.certificate": ("Certificate", "certificate_from_counts", "certify"),
     "certcore.models.architectures": ("build_model", "init_from_clean_cifar"),
     "certcore.models.checkpoints": (

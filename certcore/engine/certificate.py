@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from certcore.engine.sampling import Progress, SamplingResult, _sample, _sampling_job
+from certcore.engine.sampling import Progress, SamplingResult, check_workers, plan_sampling, run_plan
 from certcore.math.bounds import _label_bounds_unchecked, _rounded_bounds_unchecked
 from certcore.math.radius import (
     _certified_radius_unchecked,
@@ -242,13 +242,14 @@ def certify(
     ``device`` and ``workers`` go to ``sample_counts`` (speed only: on a CPU they do not change the counts).
     ``bounds="anytime"`` certifies with anytime-valid bounds (``certificate_from_counts``).
     """
-    job = _sampling_job(model, image, e, n, seed=seed, batch_size=batch_size, device=device,
-                        num_classes=num_classes, workers=workers)
+    job = plan_sampling(model, image, e, n, seed=seed, batch_size=batch_size, device=device,
+                        num_classes=num_classes)
+    workers = check_workers(workers, job.device)
     alpha = check_alpha(alpha)
     k = check_int(k, "k", 1, job.num_classes - 1)
     label = None if label is None else check_label(label, job.num_classes)
     bounds = check_bounds(bounds)
     warn_if_too_few_samples(job.n, num_classes=job.num_classes, d=job.d, e=job.e, k=k, alpha=alpha)
-    sampled = _sample(job, progress)
+    sampled = run_plan(job, progress, workers)
     run = SamplingRun.of(sampled, job.seed, checkpoint)
     return _certificate(sampled.counts, d=job.d, e=job.e, k=k, alpha=alpha, label=label, run=run, bounds=bounds)

@@ -213,7 +213,7 @@ def device_lock(device: torch.device) -> contextlib.AbstractContextManager:
         return _DEVICE_LOCKS.setdefault(device, threading.Lock())
 
 
-def _count_labels(
+def count_labels(
     model: nn.Module, image: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor, batch_size: int
 ) -> int:
     """Add the labels predicted for the encodings of ``keep`` to ``counts``, in chunks of ``batch_size``.
@@ -267,6 +267,81 @@ def _counts_concurrently(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclass(frozen=True, eq=False)
+class SamplingPlan:
+    """A checked sampling request: the model, the image as a (1, C, H, W) float32 batch on ``device``, and the
+    parameters every batch needs. ``plan_sampling`` builds it (the one place its arguments are checked);
+    ``sample_counts``, ``certify`` and the shared sampling queue (``certcore.engine.queue``) run it."""
+
+    model: nn.Module
+    image: torch.Tensor
+    e: int
+    n: int
+    seed: int
+    batch_size: int
+    device: torch.device
+    num_classes: int
+
+    @property
+    def d(self) -> int:
+        """Pixels of the image, H * W."""
+        return self.image.shape[2] * self.image.shape[3]
+
+    def generator(self) -> torch.Generator:
+        """A fresh generator on the device, seeded with ``seed``: the start of this request's mask stream."""
+        return torch.Generator(device=self.device).manual_seed(self.seed)
+
+    def draw(self, batch: int, generator: torch.Generator) -> torch.Tensor:
+        """The next ``batch`` keep masks of the stream ``generator`` (``draw_keep_masks``)."""
+        _, _, height, width = self.image.shape
+        return draw_keep_masks(batch, height, width, self.e, generator, self.device)
+
+    def result(self, counts: torch.Tensor, batch_size: int, started: float, partial: bool) -> SamplingResult:
+        """The ``SamplingResult`` of ``counts``, timed from ``started`` (a ``time.perf_counter`` reading)."""
+        return SamplingResult(
+            counts=counts.cpu().numpy(),
+            n=self.n,
+            batch_size=batch_size,
+            device=describe_device(self.device),
+            seconds=time.perf_counter() - started,
+            partial=partial,
+        )
+
+
+def plan_sampling(
+    model: nn.Module,
+    image: torch.Tensor,
+    e: int,
+    n: int,
+    *,
+    seed: int,
+    batch_size: int | None = None,
+    device: torch.device | str | None = None,
+    num_classes: int | None = None,
+) -> SamplingPlan:
+    """Check a sampling request as ``sample_counts`` documents it (ValueError naming the parameter) and return
+    it as a ``SamplingPlan``; reads the number of classes from the model when not given."""
+    dev = resolve_device(model, device)
+    image = check_image(image)
+    _, height, width = image.shape
+    _, e = check_d_e(height * width, e)
+    n = check_int(n, "n", 1)
+    batch_size = default_batch_size(dev) if batch_size is None else check_int(batch_size, "batch_size", 1)
+    seed = check_int(seed, "seed", 0, MAX_SEED)
+    _check_eval_mode(model)
+    c = _num_classes_unchecked(model, image, dev) if num_classes is None else check_int(num_classes, "num_classes", 2)
+    x = image.to(dev, torch.float32).unsqueeze(0)
+    return SamplingPlan(model, x, e, n, seed, batch_size, dev, c)
+
+
+def check_workers(workers: int | None, device: torch.device) -> int:
+    """``workers`` for sampling on ``device`` (``default_workers`` when None); ValueError naming it otherwise."""
+    workers = default_workers(device) if workers is None else check_int(workers, "workers", 1)
+    if workers > 1 and device.type != "cpu":
+        raise ValueError(f"workers must be 1 on {device.type} (batches take turns on a GPU), got {workers}")
+    return workers
+
+
 def sample_counts(
     model: nn.Module,
     image: torch.Tensor,
@@ -302,81 +377,19 @@ def sample_counts(
     ``workers`` (CPU only, default ``default_workers``) is the number of batches classified at once; it does
     not change the counts. On a GPU it must be 1.
     """
-    job = _sampling_job(model, image, e, n, seed=seed, batch_size=batch_size, device=device,
-                        num_classes=num_classes, workers=workers)
-    return _sample(job, progress, with_counts=with_counts)
+    plan = plan_sampling(model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=num_classes)
+    return run_plan(plan, progress, check_workers(workers, plan.device), with_counts=with_counts)
 
 
-@dataclass(frozen=True, eq=False)
-class _SamplingJob:
-    """The arguments of ``sample_counts`` after their one check (``_sampling_job``): what ``_sample`` trusts."""
-
-    model: nn.Module
-    image: torch.Tensor
-    e: int
-    n: int
-    seed: int
-    batch_size: int
-    device: torch.device
-    num_classes: int
-    workers: int
-
-    @property
-    def d(self) -> int:
-        """Pixels of the image, H * W."""
-        return self.image.shape[1] * self.image.shape[2]
-
-
-def _sampling_job(
-    model: nn.Module,
-    image: torch.Tensor,
-    e: int,
-    n: int,
-    *,
-    seed: int,
-    batch_size: int | None,
-    device: torch.device | str | None,
-    num_classes: int | None,
-    workers: int | None,
-) -> _SamplingJob:
-    """Check the arguments of ``sample_counts`` once, where they enter, and fill in the defaults (c is read from
-    the model unless ``num_classes`` is given). ValueError naming the parameter otherwise."""
-    dev = resolve_device(model, device)
-    image = check_image(image)
-    _, height, width = image.shape
-    _, e = check_d_e(height * width, e)
-    n = check_int(n, "n", 1)
-    batch_size = default_batch_size(dev) if batch_size is None else check_int(batch_size, "batch_size", 1)
-    seed = check_int(seed, "seed", 0, MAX_SEED)
-    _check_eval_mode(model)
-    workers = default_workers(dev) if workers is None else check_int(workers, "workers", 1)
-    if workers > 1 and dev.type != "cpu":
-        raise ValueError(f"workers must be 1 on {dev.type} (batches take turns on a GPU), got {workers}")
-    c = _num_classes_unchecked(model, image, dev) if num_classes is None else check_int(num_classes, "num_classes", 2)
-    return _SamplingJob(model, image, e, n, seed, batch_size, dev, c, workers)
-
-
-def _sample(job: _SamplingJob, progress: Progress | CountsProgress | None, with_counts: bool = False
-            ) -> SamplingResult:
-    """The sampling loop of ``sample_counts`` for a checked job; the clock starts here."""
+def run_plan(plan: SamplingPlan, progress: Progress | CountsProgress | None, workers: int,
+             with_counts: bool = False) -> SamplingResult:
+    """The sampling loop of ``sample_counts`` for a checked plan and worker count; the clock starts here.
+    ``with_counts``: ``progress(done, n, counts)`` (see ``sample_counts``)."""
     started = time.perf_counter()
-    model, e, n, batch_size, dev, c, workers = (
-        job.model, job.e, job.n, job.batch_size, job.device, job.num_classes, job.workers)
-    _, height, width = job.image.shape
-    x = job.image.to(dev, torch.float32).unsqueeze(0)
-    generator = torch.Generator(device=dev).manual_seed(job.seed)
-    counts = torch.zeros(c, dtype=torch.int64, device=dev)
+    model, dev, n, batch_size = plan.model, plan.device, plan.n, plan.batch_size
+    generator = plan.generator()
+    counts = torch.zeros(plan.num_classes, dtype=torch.int64, device=dev)
     done = 0
-
-    def result(partial: bool) -> SamplingResult:
-        return SamplingResult(
-            counts=counts.cpu().numpy(),
-            n=n,
-            batch_size=batch_size,
-            device=describe_device(dev),
-            seconds=time.perf_counter() - started,
-            partial=partial,
-        )
 
     def report(samples: int) -> None:
         nonlocal done
@@ -385,15 +398,12 @@ def _sample(job: _SamplingJob, progress: Progress | CountsProgress | None, with_
             return
         go_on = progress(done, n, counts.cpu().numpy().copy()) if with_counts else progress(done, n)
         if go_on is False and done < n:
-            raise SamplingCancelled(result(partial=True))
+            raise SamplingCancelled(plan.result(counts, batch_size, started, partial=True))
 
     with torch.inference_mode():
         if workers > 1:
-            keeps = (
-                draw_keep_masks(min(batch_size, n - start), height, width, e, generator, dev)
-                for start in range(0, n, batch_size)
-            )
-            batches = _counts_concurrently(model, x, keeps, c, workers)
+            keeps = (plan.draw(min(batch_size, n - start), generator) for start in range(0, n, batch_size))
+            batches = _counts_concurrently(model, plan.image, keeps, plan.num_classes, workers)
             try:
                 for samples, batch_counts in batches:
                     counts += batch_counts
@@ -402,7 +412,7 @@ def _sample(job: _SamplingJob, progress: Progress | CountsProgress | None, with_
                 batches.close()
         while done < n:
             with device_lock(dev):
-                keep = draw_keep_masks(min(batch_size, n - done), height, width, e, generator, dev)
-                batch_size = _count_labels(model, x, keep, counts, batch_size)
+                keep = plan.draw(min(batch_size, n - done), generator)
+                batch_size = count_labels(model, plan.image, keep, counts, batch_size)
             report(len(keep))
-        return result(partial=False)
+        return plan.result(counts, batch_size, started, partial=False)
