@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +13,7 @@ import torch
 
 from certcore.engine.ablation import ablated_previews
 from certcore.engine.certificate import certificate_from_counts
+from certcore.engine.queue import shared_queue
 from certcore.engine.sampling import default_batch_size
 from certcore.models.checkpoints import CheckpointInfo
 from certcore.models.data import class_names, load_uploaded_image
@@ -43,6 +45,7 @@ COMPLETE = "certify.complete"  # set by the "Run all n samples" button's callbac
 VISITED = "certify.visited"    # this session has run the page before
 LINK = "certify.link"          # the opening link's checked values (a LinkValues), shown until the next Certify
 REACHED = "certify.reached"    # the last run stopped by itself at its target radius
+OWNER = "certify.owner"        # this session's name in the shared sampling queue
 URL_KEYS = ("dataset", "checkpoint", "image", "e", "k", "n", "alpha", "seed", "bounds")
 MODES = {"anytime": "Anytime (valid whenever you stop)", "simuem": "Fixed n (SimuEM, the paper's method)"}
 MODE_HELP = (
@@ -217,10 +220,11 @@ def live_drawer(box: Any, names: list[str], selection: Selection, p: dict[str, A
 
 def sample_with_progress(info: CheckpointInfo, selection: Selection, p: dict[str, Any], key: str,
                          context: dict[str, Any], names: list[str]) -> None:
-    """Sample with a progress bar and a Stop button, in anytime mode also the live certificate. A click during
-    the run (Stop or any other widget) makes Streamlit interrupt the script at the next UI update: the reporter
-    turns that into a clean cancel, the partial counts are stored for display, and only then is the interruption
-    passed on."""
+    """Sample through the process's shared queue (one fair queue for all sessions; this session is one owner)
+    with a progress bar (the place in the queue while waiting) and a Stop button, in anytime mode also the live
+    certificate. A click during the run (Stop or any other widget), or the visitor leaving, makes Streamlit
+    interrupt the script at the next UI update: the reporter turns that into a clean cancel (the job leaves the
+    queue), the partial counts are stored for display, and only then is the interruption passed on."""
     bar = st.progress(0.0, text="Loading the base classifier (the first time on a CPU: also compiling it) ...")
     stop = st.empty()
     stop.button("Stop", on_click=_request_stop, icon=":material/stop_circle:",
@@ -232,7 +236,11 @@ def sample_with_progress(info: CheckpointInfo, selection: Selection, p: dict[str
     reporter = ProgressReporter(lambda fraction, text: bar.progress(fraction, text=text), live=live)
     sampled = sample_image(net, selection.image, e=p["e"], n=p["n"], seed=p["seed"], label=selection.label,
                            batch_size=p["batch_size"], device=p["device"],
-                           checkpoint=info.metadata["weights_sha256"], progress=reporter, bounds=p["bounds"])
+                           checkpoint=info.metadata["weights_sha256"], progress=reporter, bounds=p["bounds"],
+                           queue=shared_queue(), owner=st.session_state.setdefault(OWNER, uuid.uuid4().hex))
+    if sampled.samples == 0:  # stopped while waiting in the queue: nothing to certify
+        reporter.resume_interruption()
+        return
     how = "partial" if sampled.partial else "sampled"
     st.session_state[ui.CERTIFY_LAST] = ui.Shown(key, sampled, selection.image, context, how)
     st.session_state[REACHED] = reporter.reached

@@ -10,6 +10,7 @@ import torch
 
 import certcore.views.interactive
 from certcore.engine.certificate import certificate_from_counts
+from certcore.engine.queue import SamplingQueue
 from certcore.views.default_result import DEFAULT_PATH, DefaultResult, load_default
 from certcore.views.interactive import ProgressReporter, SampledCounts, counts_key, sample_image
 from tests.tiny_models import KeptInFirstRowClassifier
@@ -158,3 +159,38 @@ def test_watching_the_counts_needs_anytime_bounds():
     with pytest.raises(ValueError, match="bounds must be one of"):
         sample_image(KeptInFirstRowClassifier().eval(), IMAGE, e=10, n=10, seed=3, label=2, batch_size=100,
                      device="cpu", checkpoint="sha", bounds="fixed")
+
+
+def test_through_a_queue_the_counts_are_the_same_and_a_stop_while_waiting_frees_the_place():
+    queue = SamplingQueue(1, max_active=1)
+    try:
+        alone = _sample(n=600)
+        shown = []
+        reporter = ProgressReporter(lambda fraction, text: shown.append(text), live=lambda counts: None)
+        through = sample_image(KeptInFirstRowClassifier().eval(), IMAGE, e=10, n=600, seed=3, label=2, batch_size=100,
+                               device="cpu", checkpoint="sha", progress=reporter, bounds="anytime", queue=queue,
+                               owner="a")
+        assert through.counts == alone.counts and not through.partial and through.bounds == "anytime"
+        assert "600 / 600 samples" in shown[-1]
+
+        ahead = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=10, n=10**9, seed=1, owner="other")
+
+        def show(fraction, text):
+            shown.append(text)
+            if text.startswith("In the queue"):
+                raise Interrupted  # the visitor clicks Stop (or leaves) while waiting
+
+        waiting = ProgressReporter(show)
+        stopped = sample_image(KeptInFirstRowClassifier().eval(), IMAGE, e=10, n=600, seed=3, label=2,
+                               batch_size=100, device="cpu", checkpoint="sha", progress=waiting, queue=queue,
+                               owner="b")
+        assert stopped.samples == 0 and stopped.partial
+        assert shown[-1].startswith("In the queue: next in line, 1 sampling now")
+        with pytest.raises(Interrupted):
+            waiting.resume_interruption()
+        later = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=10, n=100, seed=1, owner="c")
+        assert later.status().ahead == 0  # b's place was freed: c is next in line
+        ahead.cancel()
+        assert later.result(60).samples == 100
+    finally:
+        queue.close()

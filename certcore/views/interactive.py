@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from certcore.engine.certificate import Certificate, SamplingRun, certificate_from_counts
+from certcore.engine.queue import JobStatus, SamplingQueue
 from certcore.engine.sampling import SamplingCancelled, SamplingResult, sample_counts
 from certcore.evaluation import evaluate
 from certcore.math.validation import check_bounds
@@ -47,6 +48,21 @@ def format_duration(seconds: float) -> str:
     if s < 3600:
         return f"{s // 60} min {s % 60:02d} s"
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def queue_text(status: JobStatus) -> str:
+    """Where a job waits: 'In the queue: 2 requests ahead of yours, 8 sampling now · done in about 1 min 05 s'.
+
+    >>> queue_text(JobStatus("queued", 0, 10_000, 2, 8, 1000.0, 65.0))
+    'In the queue: 2 requests ahead of yours, 8 sampling now · done in about 1 min 05 s'
+    >>> queue_text(JobStatus("queued", 0, 10_000, 0, 8, None, None))
+    'In the queue: next in line, 8 sampling now · estimating the wait'
+    """
+    ahead = "next in line" if status.ahead == 0 else (
+        f"{status.ahead} request{'s' if status.ahead != 1 else ''} ahead of yours")
+    eta = ("estimating the wait" if status.eta_seconds is None
+           else f"done in about {format_duration(status.eta_seconds)}")
+    return f"In the queue: {ahead}, {status.active} sampling now · {eta}"
 
 
 def progress_text(done: int, n: int, seconds: float, unit: str = "samples") -> str:
@@ -74,6 +90,10 @@ class ProgressReporter:
 
     Returns False (stop sampling) when ``show`` or ``live`` raises: the exception is kept in ``interruption``
     instead of escaping from inside the sampler, so the partial counts survive.
+
+    Through a ``SamplingQueue`` (``Job.result``), ``on_status`` is the status callback: while the job waits, the
+    text says its place in the queue and its ETA (``queue_text``); while it runs, the progress text adds how many
+    other requests share the sampler. Calls with no sample done yet (the queue's heartbeats) restart the clock.
     """
 
     def __init__(self, show: Callable[[float, str], None], unit: str = "samples", *,
@@ -84,6 +104,7 @@ class ProgressReporter:
         self._interval = interval
         self._next_live = -math.inf
         self._started = time.perf_counter()
+        self._sharing = 0  # other jobs running beside this one in the queue
         self.interruption: BaseException | None = None
         self.reached = False  # ``live`` asked to stop
 
@@ -93,8 +114,14 @@ class ProgressReporter:
         return self._live is not None
 
     def __call__(self, done: int, n: int, counts: np.ndarray | None = None) -> bool:
+        if done == 0:  # a heartbeat before the first sample (waiting in a queue): on_status shows it
+            self._started = time.perf_counter()
+            return self.interruption is None
         try:
-            self._show(done / n, progress_text(done, n, time.perf_counter() - self._started, self._unit))
+            text = progress_text(done, n, time.perf_counter() - self._started, self._unit)
+            if self._sharing:
+                text += f" · sharing the sampler with {self._sharing} other request{'s' if self._sharing > 1 else ''}"
+            self._show(done / n, text)
             now = time.perf_counter()
             if self._live is not None and counts is not None and (now >= self._next_live or done >= n):
                 self.reached = bool(self._live(counts))
@@ -104,6 +131,16 @@ class ProgressReporter:
             self.interruption = exc
             return False
         return not self.reached
+
+    def on_status(self, status: JobStatus) -> bool:
+        """``Job.result``'s status callback: show the place in the queue while waiting; False stops (as above)."""
+        self._sharing = max(0, status.active - 1) if status.state == "running" else 0
+        if status.state == "queued":
+            try:
+                self._show(0.0, queue_text(status))
+            except BaseException as exc:  # noqa: BLE001 - kept and re-raised by resume_interruption()
+                self.interruption = exc
+        return self.interruption is None and not self.reached
 
     def resume_interruption(self) -> None:
         """Re-raise the exception that interrupted ``show``, if any (after the partial result is stored)."""
@@ -166,19 +203,31 @@ def sample_image(
     checkpoint: str | None,
     progress: ProgressReporter | None = None,
     bounds: str = "simuem",
+    queue: SamplingQueue | None = None,
+    owner: str = "",
 ) -> SampledCounts:
     """Sample the label counts of ``image`` (``sample_counts``) to be certified with ``bounds``; a cancelled run
-    returns its partial counts. A ``progress`` that watches the running counts needs ``bounds="anytime"``."""
+    returns its partial counts (possibly none: ``samples == 0``). A ``progress`` that watches the running counts
+    needs ``bounds="anytime"``. With ``queue``, the request goes through that shared queue as ``owner`` (same
+    counts); an exception in the caller while waiting cancels the job."""
     bounds = check_bounds(bounds)
     watching = progress is not None and progress.wants_counts
     if watching and bounds != "anytime":
         raise ValueError("bounds must be 'anytime' when the counts are shown while sampling: SimuEM's bounds "
                          f"hold only for a sample size fixed in advance, got bounds={bounds!r}")
     try:
-        result: SamplingResult = sample_counts(
-            model, image, e, n, seed=seed, batch_size=batch_size, device=device, progress=progress,
-            with_counts=watching,
-        )
+        if queue is None:
+            result: SamplingResult = sample_counts(
+                model, image, e, n, seed=seed, batch_size=batch_size, device=device, progress=progress,
+                with_counts=watching,
+            )
+        else:
+            job = queue.submit(model, image, e=e, n=n, seed=seed, owner=owner, batch_size=batch_size, device=device)
+            try:
+                result = job.result(progress=progress, on_status=None if progress is None else progress.on_status,
+                                    with_counts=watching)
+            finally:
+                job.cancel()  # frees the place if the caller was interrupted; no-op once the job has ended
     except SamplingCancelled as cancelled:
         result = cancelled.result
     run = SamplingRun.of(result, seed, checkpoint)
