@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import doctest
 
+import numpy as np
 import pytest
 import torch
 
 import certcore.views.interactive
 from certcore.engine.certificate import certificate_from_counts
-from certcore.engine.queue import SamplingQueue
+from certcore.engine.queue import JobStatus, SamplingQueue
 from certcore.views.default_result import DEFAULT_PATH, DefaultResult, load_default
 from certcore.views.interactive import ProgressReporter, SampledCounts, counts_key, sample_image
 from tests.tiny_models import KeptInFirstRowClassifier
@@ -194,3 +195,16 @@ def test_through_a_queue_the_counts_are_the_same_and_a_stop_while_waiting_frees_
         assert later.result(60).samples == 100
     finally:
         queue.close()
+
+
+def test_live_redraws_slow_down_with_the_requests_sharing_the_sampler(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(certcore.views.interactive.time, "perf_counter", clock)
+    drawn = []
+    reporter = ProgressReporter(lambda fraction, text: None, live=lambda counts: drawn.append(int(counts.sum())),
+                                interval=0.25)
+    reporter.on_status(JobStatus("running", 0, 10_000, 0, 4, 800.0, 10.0))  # 3 others: every 1 s at most
+    for done in range(100, 2001, 100):
+        clock.now += 0.125  # a batch every 1/8 s (exact in binary)
+        assert reporter(done, 10_000, np.array([done, 0]))
+    assert drawn == [100, 900, 1700]

@@ -93,7 +93,9 @@ class ProgressReporter:
 
     Through a ``SamplingQueue`` (``Job.result``), ``on_status`` is the status callback: while the job waits, the
     text says its place in the queue and its ETA (``queue_text``); while it runs, the progress text adds how many
-    other requests share the sampler. Calls with no sample done yet (the queue's heartbeats) restart the clock.
+    other requests share the sampler, and ``interval`` is multiplied by the number of requests sampling, so that
+    all sessions together redraw at most about 1/``interval`` times a second. Calls with no sample done yet (the
+    queue's heartbeats) restart the clock.
     """
 
     def __init__(self, show: Callable[[float, str], None], unit: str = "samples", *,
@@ -126,7 +128,7 @@ class ProgressReporter:
             if self._live is not None and counts is not None and (now >= self._next_live or done >= n):
                 self.reached = bool(self._live(counts))
                 end = time.perf_counter()
-                self._next_live = end + max(self._interval, 3 * (end - now))
+                self._next_live = end + max(self._interval * (1 + self._sharing), 3 * (end - now))
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised by resume_interruption()
             self.interruption = exc
             return False
