@@ -3,7 +3,8 @@
 Through ``AppTest`` (the real Certify page, its form and its ``st.cache_resource`` model): each session is first run
 alone, then both together in two threads. While both are sampling at once through the shared queue (a barrier in
 the progress callback, after each has a batch counted, proves it: if one session held a lock the other needed, the
-barrier would time out), a third session loads the What-if page. Then the two are released and must end with exactly the counts they had alone.
+barrier would time out), a third session loads the What-if page. Then the two are released and must end with
+exactly the counts they had alone.
 
 On a GPU, sessions take turns batch by batch (``certcore.engine.sampling.device_lock``), so the device holds one batch's
 activations at a time. No GPU is here: the lock's wiring and mutual exclusion are tested by handing CPU sampling the
