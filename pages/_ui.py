@@ -26,6 +26,7 @@ from certcore.models.checkpoints import CheckpointInfo, CheckpointWarning, list_
 from certcore.models.data import Sample, bundled_samples
 from certcore.views.default_result import STORED, DefaultResult, checkpoint_dir, load_default
 from certcore.views.explain import (
+    BOUNDS_NAMES,
     bound_rows,
     certificate_json,
     counts_csv,
@@ -239,9 +240,10 @@ def show_certificate(cert: Certificate, names: Sequence[str], *, key: str, conte
         "Radius: largest number of pixels an attacker may change (to any values) while the label provably stays "
         f"in the top {cert.k}. Theorem 2 limit: no certificate from the same bounds can exceed it (-: its "
         "assumptions do not hold for these bounds, e.g. upper bounds summing past 1 at small n). The last two "
-        "columns compare top-1 radii from the same counts: Theorem 1 with SimuEM bounds (each at alpha/c) against "
-        "Levine & Feizi's (the label's bound at alpha, the runner-up bounded by 1 minus it). Theorem 1 usually wins "
-        "through its tighter runner-up bound; when nearly all samples vote for one label, L&F's single bound can."
+        "columns compare top-1 radii from the same counts: Theorem 1 with this certificate's bounds (each at "
+        "alpha/c) against Levine & Feizi's (the label's bound at alpha, the runner-up bounded by 1 minus it; a "
+        "fixed-n baseline, whichever bounds the certificate uses). Theorem 1 usually wins through its tighter "
+        "runner-up bound; when nearly all samples vote for one label, L&F's single bound can."
     )
     labels = [r.label for r in rows]
     chosen = st.pills(
@@ -255,7 +257,9 @@ def show_certificate(cert: Certificate, names: Sequence[str], *, key: str, conte
     left.plotly_chart(counts_figure(cert.counts, names, cert.top_k, cert.label), key=f"{key}-counts")
     curves = curves_for(cert, row.label, curve_range(row.radius, cert.d))
     right.plotly_chart(curves_figure(curves, row.radius, row.theorem2_limit, row.name), key=f"{key}-curves")
-    with st.expander("Bounds of every label: SimuEM (Eq. 8) and rounded to the 1/C(d, e) grid (Eq. 4)"):
+    long_name, short = BOUNDS_NAMES[cert.bounds]
+    lower, upper = f"lower ({short})", f"upper ({short})"
+    with st.expander(f"Bounds of every label: {long_name}, and rounded to the 1/C(d, e) grid (Eq. 4)"):
         show_all = len(names) <= 20 or st.toggle("Show all labels", key=f"{key}-all-bounds")
         st.dataframe(
             [
@@ -263,8 +267,8 @@ def show_certificate(cert: Certificate, names: Sequence[str], *, key: str, conte
                     "label": f"{b.name} ({b.label})",
                     "count": b.count,
                     "frequency": b.frequency,
-                    "lower (Eq. 8)": b.lower,
-                    "upper (Eq. 8)": b.upper,
+                    lower: b.lower,
+                    upper: b.upper,
                     "lower rounded (Eq. 4)": b.lower_rounded,
                     "upper rounded (Eq. 4)": b.upper_rounded,
                 }
@@ -272,7 +276,7 @@ def show_certificate(cert: Certificate, names: Sequence[str], *, key: str, conte
             ],
             hide_index=True,
             column_config={c: st.column_config.NumberColumn(format="%.6f") for c in
-                           ("frequency", "lower (Eq. 8)", "upper (Eq. 8)", "lower rounded (Eq. 4)",
+                           ("frequency", lower, upper, "lower rounded (Eq. 4)",
                             "upper rounded (Eq. 4)")},
         )
         st.caption(

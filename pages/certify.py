@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,8 @@ import streamlit as st
 import torch
 
 from certcore.engine.ablation import ablated_previews
+from certcore.engine.certificate import certificate_from_counts
+from certcore.engine.queue import shared_queue
 from certcore.engine.sampling import default_batch_size
 from certcore.models.checkpoints import CheckpointInfo
 from certcore.models.data import class_names, load_uploaded_image, upload_notes
@@ -24,8 +27,9 @@ from certcore.views.default_result import (
     default_checkpoint_first,
 )
 from certcore.views.explain import MAX_SEED, LinkValues, checkpoint_summary, parameter_problems, read_link
-from certcore.views.figures import enlarge, mosaic
+from certcore.views.figures import counts_figure, enlarge, mosaic
 from certcore.views.interactive import ProgressReporter, counts_key, format_duration, sample_image
+from certcore.views.live import live_headline, live_rows, target_reached
 from pages import _ui as ui
 
 DATASETS = {"CIFAR10": "cifar10", "ImageNet": "imagenet"}  # shown (and in the URL) -> certcore's name
@@ -41,7 +45,18 @@ STOPPED = "certify.stopped"    # set by the Stop button's callback
 COMPLETE = "certify.complete"  # set by the "Run all n samples" button's callback
 VISITED = "certify.visited"    # this session has run the page before
 LINK = "certify.link"          # the opening link's checked values (a LinkValues), shown until the next Certify
-URL_KEYS = ("dataset", "checkpoint", "image", "e", "k", "n", "alpha", "seed")
+REACHED = "certify.reached"    # the last run stopped by itself at its target radius
+OWNER = "certify.owner"        # this session's name in the shared sampling queue
+URL_KEYS = ("dataset", "checkpoint", "image", "e", "k", "n", "alpha", "seed", "bounds")
+MODES = {"anytime": "Anytime (valid whenever you stop)", "simuem": "Fixed n (SimuEM, the paper's method)"}
+MODE_HELP = (
+    "Anytime (the default): the counts, bounds and radius are shown live while sampling, and Stop, at any moment "
+    "and for any reason, gives a valid certificate: its bounds (a confidence sequence, certcore.math.anytime) hold "
+    "at every n at once. The price is a slightly smaller radius at the same n (about 0.4 pixel at n = 1,000 and "
+    "0.06 at n = 100,000 on CIFAR10). Fixed n: the paper's SimuEM bounds, valid only for the n chosen before "
+    "sampling, so the page shows nothing while sampling and a stopped run is marked partial; use it to reproduce "
+    "the paper's numbers."
+)
 N_MAX = 10_000_000             # samples per image the app runs (more: python -m certcore.evaluate)
 
 
@@ -154,7 +169,8 @@ def parameter_form(dataset: str, info: CheckpointInfo | None,
                    default: DefaultResult | None) -> tuple[bool, dict[str, Any]]:
     """e, k, n, alpha, seed, batch size and device, submitted together."""
     base = app_defaults(dataset) if default is None else {
-        "k": default.k, "n": default.sampled.n, "alpha": default.alpha, "seed": default.sampled.run.seed}
+        "k": default.k, "n": default.sampled.n, "alpha": default.alpha, "seed": default.sampled.run.seed,
+        "bounds": default.sampled.bounds}
     e_default = int(info.metadata["e"]) if info is not None else 50
     with st.form("certify-parameters", border=True):
         p = {
@@ -170,6 +186,13 @@ def parameter_form(dataset: str, info: CheckpointInfo | None,
                                      help=ui.HELP["alpha"]),
             "seed": st.number_input("seed", min_value=0, max_value=MAX_SEED, value=base["seed"], step=1,
                                     key="seed", help=ui.HELP["seed"]),
+            "bounds": st.radio("Bounds", list(MODES), index=list(MODES).index(base["bounds"]),
+                               format_func=MODES.get, key="bounds", help=MODE_HELP),
+            "target": st.number_input("Anytime: stop by itself at radius (0: sample all n)", min_value=0,
+                                      value=0, step=1, key="target",
+                                      help="Anytime mode only: sampling ends as soon as the true label (or, for an "
+                                           "upload without one, the top-1 label) is certified for this many "
+                                           "pixels. Valid, because anytime bounds hold whenever sampling stops."),
         }
         with st.expander("Speed: batch size and device"):
             p["batch_size"] = st.number_input("Batch size", min_value=1, max_value=100_000,
@@ -187,31 +210,64 @@ def parameter_form(dataset: str, info: CheckpointInfo | None,
     return submitted, p
 
 
+def live_drawer(box: Any, names: list[str], selection: Selection, p: dict[str, Any]) -> Any:
+    """``live`` for the ProgressReporter in anytime mode: certify the running counts with anytime bounds, draw
+    them in ``box`` (headline, radii and bounds of the top k, counts chart); True once the target is reached."""
+    frame = 0
+
+    def draw(counts: np.ndarray) -> bool:
+        nonlocal frame
+        frame += 1
+        cert = certificate_from_counts(counts, d=selection.image.shape[1] * selection.image.shape[2], e=p["e"],
+                                       k=p["k"], alpha=p["alpha"], label=selection.label, bounds="anytime")
+        with box.container(border=True):
+            st.markdown(live_headline(cert, names))
+            table, chart = st.columns([1, 1])
+            table.dataframe(live_rows(cert, names), hide_index=True,
+                            column_config={c: st.column_config.NumberColumn(format="%.4f")
+                                           for c in ("lower bound", "upper bound")})
+            table.caption("Live certificate: every frame is valid as it stands (anytime bounds, alpha/c each).")
+            chart.plotly_chart(counts_figure(cert.counts, names, cert.top_k, cert.label), key=f"live-{frame}")
+        return target_reached(cert, p["target"])
+
+    return draw
+
+
 def sample_with_progress(info: CheckpointInfo, selection: Selection, p: dict[str, Any], key: str,
-                         context: dict[str, Any]) -> None:
-    """Sample with a live progress bar and a Stop button. A click during the run (Stop or any other widget)
-    makes Streamlit interrupt the script at the next progress update: the reporter turns that into a clean
-    cancel, the partial counts are stored for display, and only then is the interruption passed on."""
+                         context: dict[str, Any], names: list[str]) -> None:
+    """Sample through the process's shared queue (one fair queue for all sessions; this session is one owner)
+    with a progress bar (the place in the queue while waiting) and a Stop button, in anytime mode also the live
+    certificate. A click during the run (Stop or any other widget), or the visitor leaving, makes Streamlit
+    interrupt the script at the next UI update: the reporter turns that into a clean cancel (the job leaves the
+    queue), the partial counts are stored for display, and only then is the interruption passed on."""
     bar = st.progress(0.0, text="Loading the base classifier (the first time on a CPU: also compiling it) ...")
     stop = st.empty()
     stop.button("Stop", on_click=_request_stop, icon=":material/stop_circle:",
                 help="Ends sampling after the current batch; the samples drawn so far are certified.")
+    box = st.empty()
     st.session_state[STOPPED] = False
     net = ui.model(str(info.path), info.metadata["weights_sha256"], p["device"], tuple(selection.image.shape))
-    reporter = ProgressReporter(lambda fraction, text: bar.progress(fraction, text=text))
+    live = live_drawer(box, names, selection, p) if p["bounds"] == "anytime" else None
+    reporter = ProgressReporter(lambda fraction, text: bar.progress(fraction, text=text), live=live)
     sampled = sample_image(net, selection.image, e=p["e"], n=p["n"], seed=p["seed"], label=selection.label,
                            batch_size=p["batch_size"], device=p["device"],
-                           checkpoint=info.metadata["weights_sha256"], progress=reporter)
+                           checkpoint=info.metadata["weights_sha256"], progress=reporter, bounds=p["bounds"],
+                           queue=shared_queue(), owner=st.session_state.setdefault(OWNER, uuid.uuid4().hex))
+    if sampled.samples == 0:  # stopped while waiting in the queue: nothing to certify
+        reporter.resume_interruption()
+        return
     how = "partial" if sampled.partial else "sampled"
     st.session_state[ui.CERTIFY_LAST] = ui.Shown(key, sampled, selection.image, context, how)
+    st.session_state[REACHED] = reporter.reached
     if not sampled.partial:
         ui.counts_store().put(key, sampled)
     reporter.resume_interruption()
     stop.empty()
+    box.empty()
 
 
 def run(info: CheckpointInfo, selection: Selection, p: dict[str, Any], key: str, context: dict[str, Any],
-        complete: bool) -> None:
+        complete: bool, names: list[str]) -> None:
     """Certify the selection: the same counts again (k or alpha changed), cached counts, or fresh sampling."""
     last: ui.Shown | None = st.session_state.get(ui.CERTIFY_LAST)
     if last is not None and last.key == key and not complete:
@@ -222,7 +278,7 @@ def run(info: CheckpointInfo, selection: Selection, p: dict[str, Any], key: str,
     if hit is not None:
         st.session_state[ui.CERTIFY_LAST] = ui.Shown(key, hit, selection.image, context, "cached")
         return
-    sample_with_progress(info, selection, p, key, context)
+    sample_with_progress(info, selection, p, key, context, names)
 
 
 def show_result(shown: ui.Shown, names: list[str], current_key: str | None, k: int, alpha: float) -> None:
@@ -237,8 +293,18 @@ def show_result(shown: ui.Shown, names: list[str], current_key: str | None, k: i
         "stored": f"stored result (certcore/{STORED[ctx['dataset']].path.name}), sampled on {run_info.device}",
         "partial": f"partial: sampled on {run_info.device}",
     }[shown.how]
-    st.caption(f"{ctx['checkpoint']} · e = {s.e} · n = {s.samples:,} · seed {run_info.seed} · {how}")
-    if shown.how == "partial":
+    kind = "anytime bounds" if s.bounds == "anytime" else "SimuEM bounds"
+    st.caption(f"{ctx['checkpoint']} · e = {s.e} · n = {s.samples:,} · seed {run_info.seed} · {kind} · {how}")
+    if shown.how == "partial" and s.bounds == "anytime":
+        why = (f"It stopped by itself: the target radius was certified after {s.samples:,} of {s.n:,} samples"
+               if st.session_state.get(REACHED) else
+               f"{'You stopped' if st.session_state.get(STOPPED) else 'Something interrupted'} the run after "
+               f"{s.samples:,} of {s.n:,} samples")
+        st.success(f"{why}. The certificate below is valid as it stands: anytime bounds hold whenever sampling "
+                   "stops, whatever the reason.", icon=":material/verified:")
+        st.button(f"Continue to {s.n:,} samples", on_click=_request_complete, icon=":material/replay:",
+                  help="Sample again from the start with the same seed (the same samples first), on to n.")
+    elif shown.how == "partial":
         who = "You stopped" if st.session_state.get(STOPPED) else "Something interrupted"
         st.warning(
             f"**Partial result.** {who} the run after {s.samples:,} of {s.n:,} samples. The certificate below is "
@@ -261,7 +327,8 @@ def stored_result(default: DefaultResult | None, dataset: str) -> ui.Shown | Non
         return None
     sample = {s.id: s for s in ui.samples(dataset)}[default.image]
     key = counts_key(sample.image, default.weights_sha256, e=default.sampled.e, n=default.sampled.n,
-                     seed=default.sampled.run.seed, device="cpu", batch_size=default.sampled.run.batch_size)
+                     seed=default.sampled.run.seed, device="cpu", batch_size=default.sampled.run.batch_size,
+                     bounds=default.sampled.bounds)
     context = {"dataset": dataset, "image": f"{sample.class_name} · {sample.id}", "checkpoint": default.checkpoint,
                "weights_sha256": default.weights_sha256, "e": default.sampled.e, "n": default.sampled.n,
                "seed": default.sampled.run.seed, "device": default.sampled.run.device}
@@ -288,6 +355,7 @@ def take_link() -> LinkValues:
         "dataset": list(DATASETS),
         "checkpoint": [c.name for c in ui.checkpoints() if c.metadata.get("dataset") == dataset],
         "image": [s.id for s in ui.samples(dataset)],
+        "bounds": list(MODES),
     }
     link = read_link(query, choices, N_MAX)
     for key, value in link.values.items():
@@ -298,7 +366,7 @@ def take_link() -> LinkValues:
 def write_link(shown_dataset: str, info: CheckpointInfo | None, selection: Selection | None,
                p: dict[str, Any]) -> None:
     """Put every input of the current request in the page's address, so that a copied link reproduces it."""
-    params = {"dataset": shown_dataset, **{key: p[key] for key in ("e", "k", "n", "alpha", "seed")}}
+    params = {"dataset": shown_dataset, **{key: p[key] for key in ("e", "k", "n", "alpha", "seed", "bounds")}}
     if info is not None:
         params["checkpoint"] = info.name
     if selection is not None and selection.image_id is not None:
@@ -356,7 +424,7 @@ def body() -> None:
     key = None
     if info is not None and 1 <= p["e"] <= d:
         key = counts_key(selection.image, info.metadata["weights_sha256"], e=p["e"], n=p["n"], seed=p["seed"],
-                         device=p["device"], batch_size=p["batch_size"])
+                         device=p["device"], batch_size=p["batch_size"], bounds=p["bounds"])
     stored = stored_result(default, dataset)
     if stored is not None:  # the stored result is a completed run like any other
         ui.counts_store().put(stored.key, stored.sampled)
@@ -370,8 +438,9 @@ def body() -> None:
         if info is not None and key is not None:
             context = {"dataset": dataset, "image": selection.caption, "checkpoint": info.name,
                        "weights_sha256": info.metadata["weights_sha256"], "e": p["e"], "n": p["n"],
-                       "seed": p["seed"], "device": p["device"], "batch_size": p["batch_size"]}
-            run(info, selection, p, key, context, complete)
+                       "seed": p["seed"], "device": p["device"], "batch_size": p["batch_size"],
+                       "bounds": p["bounds"]}
+            run(info, selection, p, key, context, complete, names)
     result = st.session_state.get(ui.CERTIFY_LAST) or stored
     if result is None or result.context["dataset"] != dataset:
         st.info("Choose the parameters and press **Certify**.")

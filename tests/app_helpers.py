@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
+from torch import nn
 
 from certcore.models.architectures import build_model
 from certcore.models.checkpoints import save_checkpoint
@@ -17,13 +18,15 @@ APP = str(Path(__file__).resolve().parents[1] / "app.py")
 TIMEOUT = 180  # seconds per script run: the first one imports torch and plotly on a loaded machine
 
 
-def write_checkpoint(folder: Path) -> Path:
-    """An untrained CIFAR10 ResNet-20 (e = 50) saved under the default checkpoint's name: fast to load and run."""
-    meta = {"dataset": "cifar10", "arch": "resnet20", "e": 50, "num_classes": 10,
+def write_checkpoint(folder: Path, model: nn.Module | None = None, name: str = DEFAULT_CHECKPOINT,
+                     e: int = 50) -> Path:
+    """A CIFAR10 ResNet-20 checkpoint: ``model`` (default: untrained, fast to load and run) trained with ``e``,
+    saved as ``folder/name`` (default: the default checkpoint's name)."""
+    meta = {"dataset": "cifar10", "arch": "resnet20", "e": e, "num_classes": 10,
             "class_names": class_names("cifar10"), "encoding": "levine-feizi-2c", "in_channels": 6,
-            "device": "test fixture (untrained)"}
-    path = folder / DEFAULT_CHECKPOINT
-    save_checkpoint(path, build_model("resnet20", 10).eval(), meta)
+            "device": "test fixture (untrained)" if model is None else "test fixture"}
+    path = folder / name
+    save_checkpoint(path, (model or build_model("resnet20", 10)).eval(), meta)
     return path
 
 

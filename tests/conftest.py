@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import certcore.views.interactive
+from certcore.engine.queue import SamplingQueue
 
 
 @pytest.fixture(scope="session")
@@ -23,15 +23,15 @@ def shared_data() -> Path:
 
 @pytest.fixture
 def sampling_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Counts calls of sample_counts made by the page (each entry: the n requested)."""
+    """Counts the sampling requests the page makes, all through the shared queue (each entry: the n requested)."""
     calls: list[int] = []
-    real = certcore.views.interactive.sample_counts
+    real = SamplingQueue.submit
 
-    def counted(model, image, e, n, **kwargs):
+    def counted(self, model, image, *, n, **kwargs):
         calls.append(n)
-        return real(model, image, e, n, **kwargs)
+        return real(self, model, image, n=n, **kwargs)
 
-    monkeypatch.setattr(certcore.views.interactive, "sample_counts", counted)
+    monkeypatch.setattr(SamplingQueue, "submit", counted)
     return calls
 
 

@@ -1,17 +1,21 @@
-"""Certify page (AppTest): stored default, a small run, re-certification without resampling, bad inputs, links."""
+"""Certify page (AppTest): stored default, a small run, re-certification without resampling, bad inputs, links,
+the anytime mode (live frames, a stop without caveat, a target radius) against the fixed-n mode."""
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
 import pytest
+import streamlit as st
+import torch
 
+import certcore.views.interactive
+import certcore.views.live
 from certcore.models.architectures import build_model
-from certcore.models.checkpoints import save_checkpoint
-from certcore.models.data import class_names
 from certcore.views.default_result import DEFAULT_NAME, load_default
-from tests.app_helpers import app_env, assert_clean, open_page, texts  # noqa: F401 - app_env: a fixture
+from tests.app_helpers import app_env, assert_clean, open_page, texts, write_checkpoint  # noqa: F401 - app_env
 
 pytestmark = pytest.mark.usefixtures("app_env")
 SUBMIT = "FormSubmitter:certify-parameters-Certify"
@@ -97,13 +101,107 @@ def test_an_e_other_than_the_trained_one_is_flagged(sampling_calls):
 
 
 def test_the_default_checkpoint_is_preselected_whatever_the_other_names(sampling_calls):
-    folder = Path(os.environ["CERTCORE_CHECKPOINTS"])
-    meta = {"dataset": "cifar10", "arch": "resnet20", "e": 100, "num_classes": 10,
-            "class_names": class_names("cifar10"), "encoding": "levine-feizi-2c", "in_channels": 6,
-            "device": "test fixture (untrained)"}
-    save_checkpoint(folder / "cifar10_resnet20_e100_ft.pt", build_model("resnet20", 10).eval(), meta)  # sorts first
+    write_checkpoint(Path(os.environ["CERTCORE_CHECKPOINTS"]), name="cifar10_resnet20_e100_ft.pt", e=100)  # sorts 1st
     at = open_page()
     assert_clean(at)
     picker = at.selectbox(key="checkpoint")
     assert picker.value == DEFAULT_NAME and set(picker.options) == {DEFAULT_NAME, "cifar10_resnet20_e100_ft"}
     assert "stored result" in texts(at) and sampling_calls == []
+
+
+@pytest.fixture
+def live_frames(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Records the certificates the page draws live while sampling (each entry: one frame's certificate)."""
+    frames: list = []
+    real = certcore.views.live.live_headline
+
+    def spy(cert, names):
+        frames.append(cert)
+        return real(cert, names)
+
+    monkeypatch.setattr(certcore.views.live, "live_headline", spy)
+    return frames
+
+
+def stop_after(monkeypatch: pytest.MonkeyPatch, batches: int) -> None:
+    """Make the page's progress reporter behave as if Stop were clicked after ``batches`` batches: the Stop
+    callback's flag is set and the next UI call raises Streamlit's interruption, a rerun request."""
+    real = certcore.views.interactive.ProgressReporter
+
+    class Stopped(real):
+        def __init__(self, show, *args, **kwargs):
+            calls = itertools.count(1)
+
+            def interrupted(fraction, text):
+                if next(calls) > batches:
+                    st.session_state["certify.stopped"] = True
+                    st.rerun()
+                show(fraction, text)
+
+            super().__init__(interrupted, *args, **kwargs)
+
+    monkeypatch.setattr(certcore.views.interactive, "ProgressReporter", Stopped)
+
+
+def test_anytime_is_the_default_and_its_run_is_shown_live_and_labelled(sampling_calls, live_frames):
+    at = open_page()
+    assert at.radio(key="bounds").value == "anytime"
+    at.number_input(key="n").set_value(600)
+    at.button(key=SUBMIT).click().run()
+    assert_clean(at)
+    assert sampling_calls == [600]
+    assert live_frames and all(c.bounds == "anytime" for c in live_frames)
+    assert live_frames[0].n < 600 and live_frames[-1].n == 600  # drawn during sampling, and the last batch
+    assert "anytime bounds · sampled now" in texts(at) and "anytime-valid bounds" in texts(at)
+    assert any("lower (anytime)" in table.value.columns for table in at.dataframe)
+    shown = at.session_state["certify.last"]
+    assert shown.sampled.bounds == "anytime" and shown.sampled.certificate(3, 0.001).bounds == "anytime"
+    assert at.query_params["bounds"] == "anytime"  # the page's link reproduces the mode
+
+
+def test_an_interrupted_anytime_run_keeps_a_valid_certificate_without_caveat(sampling_calls, monkeypatch):
+    stop_after(monkeypatch, 3)
+    at = open_page()
+    at.number_input(key="n").set_value(5000)
+    at.button(key=SUBMIT).click().run()  # stopped, then rerun as after a click on Stop
+    assert_clean(at)
+    shown = at.session_state["certify.last"]
+    assert shown.sampled.partial and shown.sampled.bounds == "anytime" and shown.sampled.samples < 5000
+    assert any("You stopped the run after" in s.value and "valid as it stands" in s.value for s in at.success)
+    assert not any("Partial result" in w.value for w in at.warning)
+    assert "anytime-valid bounds" in texts(at)
+    assert any("Continue to 5,000 samples" in b.label for b in at.button)
+
+
+def test_an_interrupted_fixed_n_run_keeps_its_partial_caveat(sampling_calls, monkeypatch, live_frames):
+    stop_after(monkeypatch, 3)
+    at = open_page(query={"bounds": "simuem", "n": "5000"})  # a link runs at once
+    assert not at.exception
+    assert at.radio(key="bounds").value == "simuem"
+    shown = at.session_state["certify.last"]
+    assert shown.sampled.partial and shown.sampled.bounds == "simuem"
+    assert any("Partial result." in w.value for w in at.warning) and not at.success
+    assert live_frames == []  # fixed n: nothing of the counts is shown while sampling
+    assert "SimuEM bounds · partial" in texts(at)
+
+
+def test_anytime_stops_by_itself_at_the_target_radius(sampling_calls, live_frames):
+    model = build_model("resnet20", 10).eval()
+    last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
+    with torch.no_grad():  # a base classifier that always says 'cat', the default image's true label
+        last.weight.zero_()
+        last.bias.copy_(torch.nn.functional.one_hot(torch.tensor(3), 10).float())
+    write_checkpoint(Path(os.environ["CERTCORE_CHECKPOINTS"]), model, "cifar10_always_cat.pt")
+    at = open_page()
+    at.selectbox(key="checkpoint").set_value("cifar10_always_cat")
+    at.number_input(key="n").set_value(20_000)
+    at.number_input(key="target").set_value(1)
+    at.button(key=SUBMIT).click().run()
+    assert_clean(at)
+    shown = at.session_state["certify.last"]
+    cert = shown.sampled.certificate(3, 0.001)
+    assert shown.sampled.partial and shown.sampled.samples < 20_000
+    assert cert.label == 3 and cert.radius_of(3) >= 1 and cert.bounds == "anytime"
+    reached = live_frames[-1]  # the frame that reached the target; a batch in flight may still have been counted
+    assert reached.radius_of(3) >= 1 and reached.n <= cert.n < 20_000
+    assert any("stopped by itself" in s.value for s in at.success)

@@ -11,8 +11,9 @@ import torch
 
 from certcore.engine.certificate import Certificate, certificate_from_counts, certify, top_k_labels
 from certcore.engine.sampling import sample_counts
+from certcore.math.anytime import anytime_bounds
 from certcore.math.bounds import rounded_bounds, simuem_bounds
-from certcore.math.radius import certify_counts, levine_feizi_radius, radius_limit
+from certcore.math.radius import certified_radius, certify_counts, levine_feizi_radius, radius_limit
 from tests.tiny_models import ConstantClassifier, KeptInFirstRowClassifier
 
 H, W, E = 8, 8, 10
@@ -125,6 +126,33 @@ def test_certificate_from_counts_validates_its_inputs() -> None:
         certificate_from_counts([3, -1, 2], d=1024, e=50, k=1, alpha=0.01)
     with pytest.raises(ValueError, match=r"e must be an integer \[1, 1024\]"):
         certificate_from_counts(PAPER_LIKE_COUNTS, d=1024, e=2000, k=1, alpha=0.01)
+
+
+def test_anytime_certificates_use_anytime_bounds_and_say_so() -> None:
+    fixed = certificate_from_counts(PAPER_LIKE_COUNTS, d=1024, e=50, k=3, alpha=0.001, label=0)
+    anytime = certificate_from_counts(PAPER_LIKE_COUNTS, d=1024, e=50, k=3, alpha=0.001, label=0, bounds="anytime")
+    assert (fixed.bounds, anytime.bounds) == ("simuem", "anytime")
+    lower, upper = anytime_bounds(PAPER_LIKE_COUNTS, 0.001)
+    assert anytime.lower == tuple(lower.tolist()) and anytime.upper == tuple(upper.tolist())
+    assert anytime.radius_of(0) == certified_radius(float(lower[0]), np.delete(upper, 0), 1024, 50, 3)
+    assert 0 < anytime.radius_of(0) <= fixed.radius_of(0)  # wider bounds, never a larger radius
+    assert Certificate.from_dict(json.loads(json.dumps(anytime.to_dict()))) == anytime
+    assert json.loads(json.dumps(anytime.to_dict()))["bounds"] == "anytime"
+    old = fixed.to_dict()
+    del old["bounds"]  # a certificate written before the field existed was a SimuEM one
+    assert Certificate.from_dict(old) == fixed
+
+
+def test_certify_takes_the_bounds_and_refuses_unknown_ones() -> None:
+    model, args = KeptInFirstRowClassifier().eval(), {"e": E, "k": 3, "n": 500, "alpha": 0.01, "seed": 1, "label": 2}
+    cert = certify(model, IMAGE, bounds="anytime", **args)
+    counts = sample_counts(model, IMAGE, E, 500, seed=1).counts
+    assert cert == dataclasses.replace(
+        certificate_from_counts(counts, d=H * W, e=E, k=3, alpha=0.01, label=2, bounds="anytime"), run=cert.run)
+    with pytest.raises(ValueError, match="bounds must be one of 'simuem', 'anytime', got 'cp'"):
+        certify(model, IMAGE, bounds="cp", **args)
+    with pytest.raises(ValueError, match="bounds must be one of"):
+        certificate_from_counts(PAPER_LIKE_COUNTS, d=1024, e=50, k=1, alpha=0.01, bounds="Anytime")
 
 
 def test_one_certify_call_checks_d_and_e_once(monkeypatch: pytest.MonkeyPatch) -> None:

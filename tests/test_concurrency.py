@@ -1,9 +1,10 @@
 """Many visitors at once: two app sessions certify at the same time on one process with one shared cached model.
 
 Through ``AppTest`` (the real Certify page, its form and its ``st.cache_resource`` model): each session is first run
-alone, then both together in two threads. While both are inside ``sample_counts`` at once (a barrier in the
-progress callback proves it: if one session held a lock the other needed, the barrier would time out), a third
-session loads the What-if page. Then the two are released and must end with exactly the counts they had alone.
+alone, then both together in two threads. While both are sampling at once through the shared queue (a barrier in
+the progress callback, after each has a batch counted, proves it: if one session held a lock the other needed, the
+barrier would time out), a third session loads the What-if page. Then the two are released and must end with
+exactly the counts they had alone.
 
 On a GPU, sessions take turns batch by batch (``certcore.engine.sampling.device_lock``), so the device holds one batch's
 activations at a time. No GPU is here: the lock's wiring and mutual exclusion are tested by handing CPU sampling the
@@ -23,8 +24,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 import certcore.engine.sampling
-import certcore.views.interactive
 from certcore.engine.ablation import ablate
+from certcore.engine.queue import Job, SamplingQueue
 from certcore.models.checkpoints import save_checkpoint
 from certcore.models.data import bundled_samples, class_names
 
@@ -90,27 +91,31 @@ def counts_of(at: AppTest) -> tuple[int, ...]:
 
 
 def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monkeypatch) -> None:
-    real = certcore.views.interactive.sample_counts
+    real_submit, real_result = SamplingQueue.submit, Job.result
     models: list[int] = []
     both_inside = threading.Event()
     barrier = threading.Barrier(2, action=both_inside.set)
     release = threading.Event()
     concurrent = threading.Event()  # set: the two-session phase (sampling runs in AppTest's script threads)
 
-    def sample_counts(model, image, e, n, *, progress=None, **kwargs):
+    def submit(self, model, image, **kwargs):  # the page samples through the process's shared queue
         models.append(id(model))
+        return real_submit(self, model, image, **kwargs)
+
+    def result(self, timeout=None, *, progress=None, **kwargs):
         first = [True]
 
-        def hooked(done: int, total: int) -> Any:
-            if concurrent.is_set() and first[0]:
+        def hooked(done: int, total: int, *counts: Any) -> Any:
+            if concurrent.is_set() and first[0] and done > 0:
                 first[0] = False
-                barrier.wait(timeout=60)  # both sessions have drawn and classified their first batch
+                barrier.wait(timeout=60)  # both sessions have a first batch classified and counted
                 release.wait(timeout=60)
-            return progress(done, total) if progress is not None else None
+            return progress(done, total, *counts) if progress is not None else None
 
-        return real(model, image, e, n, progress=hooked, **kwargs)
+        return real_result(self, timeout, progress=hooked, **kwargs)
 
-    monkeypatch.setattr(certcore.views.interactive, "sample_counts", sample_counts)
+    monkeypatch.setattr(SamplingQueue, "submit", submit)
+    monkeypatch.setattr(Job, "result", result)
 
     alone, seconds_alone = {}, {}
     for seed in SEEDS:

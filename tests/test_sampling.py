@@ -139,6 +139,25 @@ def test_progress_returning_false_cancels_with_the_partial_counts(workers: int) 
     assert np.array_equal(partial.counts, sample_counts(row_model(), IMAGE, E, 300, seed=2).counts)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_progress_with_counts_sees_the_running_counts_and_changes_nothing(workers: int) -> None:
+    seen: list[tuple[int, np.ndarray]] = []
+
+    def watch(done: int, n: int, counts: np.ndarray) -> None:
+        seen.append((done, counts))
+
+    result = sample_counts(row_model(), IMAGE, E, 1050, seed=8, batch_size=200, progress=watch, with_counts=True,
+                           workers=workers)
+    assert [done for done, _ in seen] == [200, 400, 600, 800, 1000, 1050]
+    assert all(counts.sum() == done and counts.dtype == np.int64 for done, counts in seen)  # copies, not a view
+    for (_, counts), (_, later) in zip(seen, seen[1:], strict=False):
+        assert (later >= counts).all() and later.sum() > counts.sum()
+    assert np.array_equal(seen[-1][1], result.counts)
+    assert np.array_equal(result.counts, sample_counts(row_model(), IMAGE, E, 1050, seed=8).counts)
+    for done, counts in seen[:3]:  # each running count is the count of the seeded stream's first ``done`` samples
+        assert np.array_equal(counts, sample_counts(row_model(), IMAGE, E, done, seed=8).counts)
+
+
 def test_progress_returning_false_after_the_last_batch_returns_the_full_result() -> None:
     result = sample_counts(row_model(), IMAGE, E, 400, seed=2, batch_size=100, progress=lambda done, n: done < n)
     assert result.samples == 400 and not result.partial

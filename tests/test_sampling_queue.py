@@ -181,6 +181,16 @@ def test_progress_is_called_in_the_callers_thread_and_false_cancels(make_queue) 
     assert finished == sorted(finished) and finished[-1] == 450
 
 
+def test_progress_with_counts_gets_the_counts_of_the_samples_done(make_queue) -> None:
+    queue = make_queue(2)
+    seen: list[tuple[int, np.ndarray]] = []
+    job = queue.submit(KeptInFirstRowClassifier().eval(), IMAGE, e=E, n=1000, seed=5, batch_size=100, owner="me")
+    result = job.result(WAIT, progress=lambda done, n, counts: seen.append((done, counts)), with_counts=True)
+    assert seen[-1][0] == 1000 and np.array_equal(seen[-1][1], result.counts)  # always called with the last count
+    for done, counts in seen:
+        assert counts.sum() == done and np.array_equal(counts, row(done, 5) if done else np.zeros(10))
+
+
 def test_status_and_eta_follow_the_fair_share(make_queue) -> None:
     queue = make_queue(1, max_active=1)
     gate = threading.Event()

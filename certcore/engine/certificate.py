@@ -16,6 +16,11 @@ Statistical rule (one set of n samples, no separate selection sample):
 Cohen et al. split off n0 samples to select the label because their bound covers one label only. Here the union
 bound over all 2c bounds already covers any selection, so all n samples serve the bounds; the price is 1 - 2 alpha
 instead of 1 - alpha for the selected labels only (the true label, fixed in advance, keeps 1 - alpha).
+
+Bounds (``bounds``): ``"simuem"`` (Eq. 8, the paper's) holds at the sample size n fixed before sampling;
+``"anytime"`` (``certcore.math.anytime``) holds at every n at once, with the same per-bound budget alpha/c, so both
+confidences above hold whenever sampling stops, even when stopping depended on the counts (a visitor watching
+the radius grow). Anytime bounds are slightly wider: bench/RESULTS.md, "Price of anytime-valid bounds".
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ import torch
 from torch import nn
 
 from certcore.engine.sampling import Progress, SamplingResult, check_workers, plan_sampling, run_plan
-from certcore.math.bounds import _rounded_bounds_unchecked, _simuem_bounds_unchecked
+from certcore.math.bounds import _label_bounds_unchecked, _rounded_bounds_unchecked
 from certcore.math.radius import (
     _certified_radius_unchecked,
     _grid,
@@ -38,7 +43,7 @@ from certcore.math.radius import (
     _radius_limit_unchecked,
 )
 from certcore.math.sample_size import warn_if_too_few_samples
-from certcore.math.validation import check_alpha, check_counts, check_d_e, check_int, check_label
+from certcore.math.validation import check_alpha, check_bounds, check_counts, check_d_e, check_int, check_label
 from certcore.version import __version__
 
 
@@ -82,9 +87,10 @@ class SamplingRun:
 class Certificate:
     """Everything a certification of one image produced; see the module docstring for the two confidences.
 
-    ``lower``/``upper`` are the SimuEM bounds (Eq. 8) of every label, ``lower_rounded``/``upper_rounded`` the
-    same after Eq. 4. ``top_k`` are the k labels with the largest counts (ties: smaller label first), the
-    smoothed classifier's prediction. ``radii`` holds a ``LabelRadius`` for each of them in that order, then
+    ``lower``/``upper`` are the bounds of every label named by ``bounds`` (``"simuem"``: Eq. 8 at a fixed n;
+    ``"anytime"``: valid whenever sampling stopped), ``lower_rounded``/``upper_rounded`` the same after Eq. 4.
+    ``top_k`` are the k labels with the largest counts (ties: smaller label first), the smoothed classifier's
+    prediction. ``radii`` holds a ``LabelRadius`` for each of them in that order, then
     for ``label`` (the true label, when given) if it is not among them. ``levine_feizi_radius`` is the top-1
     radius Levine & Feizi's method gives ``top_k[0]`` from the same counts: a baseline for comparison, not
     covered by the two confidences above.
@@ -108,6 +114,7 @@ class Certificate:
     certcore_version: str
     label: int | None = None
     run: SamplingRun | None = None
+    bounds: str = "simuem"
 
     def radius_of(self, label: int) -> int:
         """The certified radius of ``label``; KeyError if it was not certified (not in top-k nor the label)."""
@@ -145,11 +152,14 @@ def certificate_from_counts(
     alpha: float,
     label: int | None = None,
     run: SamplingRun | None = None,
+    bounds: str = "simuem",
 ) -> Certificate:
     """The certificate of an image from its label counts alone (no model): bounds, top-k and their radii.
 
     ``d`` pixels, ``e`` kept per ablation, top-``k`` with 1 <= k < c, ``alpha`` in (0, 1), ``label`` the
-    true label if known (certified even when outside the top-k). ``run`` is attached as given.
+    true label if known (certified even when outside the top-k). ``run`` is attached as given. ``bounds``:
+    ``"simuem"`` when n was fixed before sampling, ``"anytime"`` when sampling may have stopped at any moment
+    (see the module docstring).
     """
     n_j = check_counts(counts)
     c = len(n_j)
@@ -157,15 +167,16 @@ def certificate_from_counts(
     k = check_int(k, "k", 1, c - 1)
     alpha = check_alpha(alpha)
     label = None if label is None else check_label(label, c)
-    return _certificate(n_j, d=d, e=e, k=k, alpha=alpha, label=label, run=run)
+    return _certificate(n_j, d=d, e=e, k=k, alpha=alpha, label=label, run=run, bounds=check_bounds(bounds))
 
 
 def _certificate(
-    n_j: np.ndarray, *, d: int, e: int, k: int, alpha: float, label: int | None, run: SamplingRun | None
+    n_j: np.ndarray, *, d: int, e: int, k: int, alpha: float, label: int | None, run: SamplingRun | None,
+    bounds: str,
 ) -> Certificate:
     """``certificate_from_counts`` for arguments already checked where they entered (``certify`` or
     ``certificate_from_counts``): the math below trusts them and checks nothing again."""
-    lower, upper = _simuem_bounds_unchecked(n_j, alpha)
+    lower, upper = _label_bounds_unchecked(n_j, alpha, bounds)
     lower_rounded, upper_rounded = _rounded_bounds_unchecked(lower, upper, _grid(d, e))
     top_k = top_k_labels(n_j, k)
     reported = top_k if label is None or label in top_k else (*top_k, label)
@@ -198,6 +209,7 @@ def _certificate(
         certcore_version=__version__,
         label=label,
         run=run,
+        bounds=bounds,
     )
 
 
@@ -217,6 +229,7 @@ def certify(
     progress: Progress | None = None,
     checkpoint: str | None = None,
     workers: int | None = None,
+    bounds: str = "simuem",
 ) -> Certificate:
     """Certify the top-k predictions of the smoothed ``model`` at ``image`` (C, H, W in [0, 1]) from n samples.
 
@@ -227,6 +240,7 @@ def certify(
     the smallest useful n when n samples can never certify.
     ``checkpoint`` (a hash or name of the weights) is recorded in the certificate's ``run``. ``batch_size``,
     ``device`` and ``workers`` go to ``sample_counts`` (speed only: on a CPU they do not change the counts).
+    ``bounds="anytime"`` certifies with anytime-valid bounds (``certificate_from_counts``).
     """
     job = plan_sampling(model, image, e, n, seed=seed, batch_size=batch_size, device=device,
                         num_classes=num_classes)
@@ -234,7 +248,8 @@ def certify(
     alpha = check_alpha(alpha)
     k = check_int(k, "k", 1, job.num_classes - 1)
     label = None if label is None else check_label(label, job.num_classes)
+    bounds = check_bounds(bounds)
     warn_if_too_few_samples(job.n, num_classes=job.num_classes, d=job.d, e=job.e, k=k, alpha=alpha)
     sampled = run_plan(job, progress, workers)
     run = SamplingRun.of(sampled, job.seed, checkpoint)
-    return _certificate(sampled.counts, d=job.d, e=job.e, k=k, alpha=alpha, label=label, run=run)
+    return _certificate(sampled.counts, d=job.d, e=job.e, k=k, alpha=alpha, label=label, run=run, bounds=bounds)

@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from certcore.engine.sampling import (
+    CountsProgress,
     Progress,
     SamplingCancelled,
     SamplingPlan,
@@ -153,9 +154,10 @@ class Job:
         self,
         timeout: float | None = None,
         *,
-        progress: Progress | None = None,
+        progress: Progress | CountsProgress | None = None,
         on_status: Callable[[JobStatus], bool | None] | None = None,
         interval: float = 0.5,
+        with_counts: bool = False,
     ) -> SamplingResult:
         """Wait for the counts; raises ``SamplingCancelled`` (partial counts) if the job was cancelled, the job's
         own exception if classifying failed, TimeoutError after ``timeout`` seconds (the job goes on).
@@ -164,7 +166,8 @@ class Job:
         ``sample_counts``'s, ``on_status(status)`` with a ``JobStatus``; each is called whenever more samples
         are counted and at least every ``interval`` seconds while waiting (a heartbeat with the same ``done``,
         so that a job still waiting in the queue can be cancelled too). Either returning False cancels the job
-        unless it has already finished.
+        unless it has already finished. With ``with_counts``, ``progress(done, n, counts)`` also gets a copy of the
+        counts of those ``done`` samples (as ``sample_counts(..., with_counts=True)``).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         seen = -1
@@ -172,13 +175,15 @@ class Job:
             with self._queue._changed:
                 wait = interval if deadline is None else min(interval, max(0.0, deadline - time.monotonic()))
                 self._queue._changed.wait_for(lambda last=seen: self._state in FINAL_STATES or self._done != last, wait)
-                seen = self._done
-            stop = progress is not None and progress(seen, self.n) is False
+                seen, final = self._done, self._state in FINAL_STATES
+                counts = self._counts.cpu().numpy().copy() if with_counts else None
+            stop = progress is not None and (progress(seen, self.n, counts) if with_counts
+                                             else progress(seen, self.n)) is False
             stop = (on_status is not None and on_status(self.status()) is False) or stop
             if stop:
                 self.cancel()
-            with self._queue._changed:
-                if self._state in FINAL_STATES:
+            with self._queue._changed:  # ends only after the callbacks saw the final count (n when done)
+                if final or (stop and self._state in FINAL_STATES):
                     return self._outcome()
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job of {self.owner!r} not finished after {timeout} s ({seen} of {self.n} samples)")

@@ -51,6 +51,7 @@ CUDA_BATCH_SIZE = 10_000
 MAX_SEED = 2**64 - 1
 
 Progress = Callable[[int, int], bool | None]
+CountsProgress = Callable[[int, int, np.ndarray], bool | None]  # progress(done, n, running counts): with_counts=True
 
 
 @dataclass(frozen=True, eq=False)
@@ -351,8 +352,9 @@ def sample_counts(
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     num_classes: int | None = None,
-    progress: Progress | None = None,
+    progress: Progress | CountsProgress | None = None,
     workers: int | None = None,
+    with_counts: bool = False,
 ) -> SamplingResult:
     """Counts n_1..n_c of the labels ``model`` predicts for ``n`` ablations of ``image`` keeping ``e`` pixels.
 
@@ -369,16 +371,20 @@ def sample_counts(
 
     ``progress(done, n)`` is called after every batch with increasing ``done`` ending at ``n``; returning
     False (None does not count) before the end raises ``SamplingCancelled`` carrying the partial counts.
+    With ``with_counts=True`` it is called as ``progress(done, n, counts)`` instead, ``counts`` a fresh int64
+    array of the label counts of those ``done`` samples (for a live view; the counts are the same either way).
     Same seed and device -> identical counts; the module docstring says when the batch size matters.
     ``workers`` (CPU only, default ``default_workers``) is the number of batches classified at once; it does
     not change the counts. On a GPU it must be 1.
     """
     plan = plan_sampling(model, image, e, n, seed=seed, batch_size=batch_size, device=device, num_classes=num_classes)
-    return run_plan(plan, progress, check_workers(workers, plan.device))
+    return run_plan(plan, progress, check_workers(workers, plan.device), with_counts=with_counts)
 
 
-def run_plan(plan: SamplingPlan, progress: Progress | None, workers: int) -> SamplingResult:
-    """The sampling loop of ``sample_counts`` for a checked plan and worker count; the clock starts here."""
+def run_plan(plan: SamplingPlan, progress: Progress | CountsProgress | None, workers: int,
+             with_counts: bool = False) -> SamplingResult:
+    """The sampling loop of ``sample_counts`` for a checked plan and worker count; the clock starts here.
+    ``with_counts``: ``progress(done, n, counts)`` (see ``sample_counts``)."""
     started = time.perf_counter()
     model, dev, n, batch_size = plan.model, plan.device, plan.n, plan.batch_size
     generator = plan.generator()
@@ -388,7 +394,10 @@ def run_plan(plan: SamplingPlan, progress: Progress | None, workers: int) -> Sam
     def report(samples: int) -> None:
         nonlocal done
         done += samples
-        if progress is not None and progress(done, n) is False and done < n:
+        if progress is None:
+            return
+        go_on = progress(done, n, counts.cpu().numpy().copy()) if with_counts else progress(done, n)
+        if go_on is False and done < n:
             raise SamplingCancelled(plan.result(counts, batch_size, started, partial=True))
 
     with torch.inference_mode():

@@ -103,8 +103,11 @@ def anytime_bounds(counts: Sequence[int] | np.ndarray, alpha: float) -> tuple[np
     >>> round(float(simuem_bounds([0, 1000], alpha=0.001)[1][0]), 4)
     0.0076
     """
-    n_j = check_counts(counts)
-    check_alpha(alpha)
+    return _anytime_bounds_unchecked(check_counts(counts), check_alpha(alpha))
+
+
+def _anytime_bounds_unchecked(n_j: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``anytime_bounds`` for counts and alpha already checked (``check_counts``, ``check_alpha``)."""
     n, c = int(n_j.sum()), len(n_j)
     level = alpha / c
     return mixture_lower(n_j, n, level), mixture_upper(n_j, n, level)

@@ -64,6 +64,16 @@ def check_counts(counts: Sequence[int] | np.ndarray, length: int | None = None) 
     return arr
 
 
+BOUNDS = ("simuem", "anytime")  # fixed-n SimuEM (Eq. 8, the paper's) or anytime-valid (certcore.math.anytime)
+
+
+def check_bounds(bounds: object) -> str:
+    """Which label-probability bounds a certificate uses: one of ``BOUNDS``."""
+    if bounds not in BOUNDS:
+        raise ValueError(f"bounds must be one of {', '.join(map(repr, BOUNDS))}, got {bounds!r}")
+    return str(bounds)
+
+
 def check_label(label: object, num_classes: int) -> int:
     """A label index in [0, num_classes - 1]."""
     return check_int(label, "label", 0, num_classes - 1)

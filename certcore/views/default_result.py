@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from certcore.evaluation.results import most_complete_run
+from certcore.math.validation import BOUNDS
 from certcore.models.checkpoints import checkpoint_sha256, load_checkpoint
 from certcore.models.data import bundled_samples
 from certcore.views.interactive import ProgressReporter, SampledCounts, sample_image
@@ -58,11 +59,12 @@ DEFAULT_CHECKPOINT = STORED["cifar10"].checkpoint
 DEFAULT_NAME = Path(DEFAULT_CHECKPOINT).stem  # how results files and checkpoint pickers name it
 DEFAULT_IMAGE = STORED["cifar10"].image
 # The paper's k and alpha; the n of CIFAR10 (app_defaults gives each dataset's).
-APP_DEFAULTS = {"k": 3, "n": STORED["cifar10"].n, "alpha": 0.001, "seed": 0}
+APP_DEFAULTS = {"k": 3, "n": STORED["cifar10"].n, "alpha": 0.001, "seed": 0, "bounds": "anytime"}
 
 
-def app_defaults(dataset: str) -> dict[str, int | float]:
-    """The Certify form's k, n, alpha and seed for ``dataset`` (n sized for a CPU run of a minute or less)."""
+def app_defaults(dataset: str) -> dict[str, int | float | str]:
+    """The Certify form's k, n, alpha, seed and bounds (the live, anytime-valid mode) for ``dataset`` (n sized for a
+    CPU run of a minute or less)."""
     return {**APP_DEFAULTS, "n": STORED[dataset].n}
 
 
@@ -157,16 +159,17 @@ def write_json_atomic(data: dict[str, Any], path: str | Path) -> None:
 
 def compute_default(checkpoint: Path, image_id: str, *, k: int, n: int, alpha: float, seed: int,
                     batch_size: int = 500, progress: ProgressReporter | None = None,
-                    dataset: str | None = None) -> DefaultResult:
+                    dataset: str | None = None, bounds: str = APP_DEFAULTS["bounds"]) -> DefaultResult:
     """Certify bundled image ``image_id`` with ``checkpoint`` (trained for ``dataset`` if given) on the CPU at the
-    checkpoint's e."""
+    checkpoint's e, to be certified with ``bounds``."""
     model, meta = load_checkpoint(checkpoint, dataset=dataset, device="cpu")
     samples = {s.id: s for s in bundled_samples(meta["dataset"])}
     if image_id not in samples:
         raise ValueError(f"image {image_id!r} is not a bundled {meta['dataset']} sample")
     sample = samples[image_id]
     sampled = sample_image(model, sample.image, e=int(meta["e"]), n=n, seed=seed, label=sample.label,
-                           batch_size=batch_size, device="cpu", checkpoint=meta["weights_sha256"], progress=progress)
+                           batch_size=batch_size, device="cpu", checkpoint=meta["weights_sha256"], progress=progress,
+                           bounds=bounds)
     return DefaultResult(
         dataset=meta["dataset"],
         image=image_id,
@@ -190,6 +193,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{s.image} ({name})" for name, s in STORED.items()))
     for name, value in APP_DEFAULTS.items():
         p.add_argument(f"--{name}", type=type(value), default=None if name == "n" else value,
+                       choices=BOUNDS if name == "bounds" else None,
                        help=", ".join(f"{s.n:,} ({d})" for d, s in STORED.items()) if name == "n" else None)
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--out", type=Path, default=None, help="default: " + ", ".join(
@@ -203,7 +207,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"\r{text}", end="", file=sys.stderr, flush=True)
 
     result = compute_default(checkpoint, args.image, k=args.k, n=args.n, alpha=args.alpha, seed=args.seed,
-                             batch_size=args.batch_size, progress=ProgressReporter(show), dataset=args.dataset)
+                             batch_size=args.batch_size, progress=ProgressReporter(show), dataset=args.dataset,
+                             bounds=args.bounds)
     write_json_atomic(result.to_dict(), args.out)
     cert = result.sampled.certificate(result.k, result.alpha)
     print(f"\nwrote {args.out}: top-{cert.k} {list(cert.top_k)}, radii {[(x.label, x.radius) for x in cert.radii]}")

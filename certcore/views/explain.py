@@ -16,8 +16,13 @@ from typing import Any
 import numpy as np
 
 from certcore.engine.certificate import Certificate
-from certcore.math.radius import BoundCurves, bound_curves, certify_counts, levine_feizi_radius
+from certcore.math.radius import BoundCurves, bound_curves, certified_radius, levine_feizi_radius
 from certcore.math.sample_size import too_few_samples
+
+BOUNDS_NAMES = {  # a certificate's ``bounds`` in words: the long form, and the short one for table headers
+    "simuem": ("SimuEM bounds (Eq. 8), valid for the sample size fixed before sampling", "Eq. 8"),
+    "anytime": ("anytime-valid bounds (a confidence sequence), valid whenever sampling stops", "anytime"),
+}
 
 
 def percent(p: float) -> str:
@@ -181,6 +186,8 @@ def reading(cert: Certificate, names: Sequence[str]) -> str:
             f"{_names(failed, names)} {'is' if len(failed) == 1 else 'are'} in the observed top {k} but not "
             "certified (the bounds are too loose even with no pixel changed)."
         )
+    if cert.bounds == "anytime":
+        parts.append(f"From {BOUNDS_NAMES['anytime'][0]}: this holds however the moment to stop was chosen.")
     return " ".join(parts)
 
 
@@ -211,7 +218,7 @@ def radius_rows(cert: Certificate, names: Sequence[str]) -> list[RadiusRow]:
                 role=", ".join(roles),
                 radius=x.radius,
                 theorem2_limit=x.radius_limit,
-                top1_radius=certify_counts(cert.counts, x.label, cert.d, cert.e, 1, cert.alpha),
+                top1_radius=certified_radius(cert.lower[x.label], np.delete(cert.upper, x.label), cert.d, cert.e, 1),
                 levine_feizi_top1=levine_feizi_radius(cert.counts, x.label, cert.d, cert.e, cert.alpha),
             )
         )
@@ -220,8 +227,8 @@ def radius_rows(cert: Certificate, names: Sequence[str]) -> list[RadiusRow]:
 
 @dataclass(frozen=True)
 class BoundRow:
-    """One line of the bounds table: a label's count and its SimuEM bounds before (Eq. 8) and after (Eq. 4)
-    rounding to the 1/C(d, e) grid."""
+    """One line of the bounds table: a label's count and its bounds (the certificate's: SimuEM or anytime)
+    before and after (Eq. 4) rounding to the 1/C(d, e) grid."""
 
     label: int
     name: str
@@ -272,11 +279,13 @@ def certificate_json(cert: Certificate, context: dict[str, Any]) -> str:
 
 
 def counts_csv(cert: Certificate, names: Sequence[str]) -> str:
-    """label,name,count for every label (re-certify it later with ``certificate_from_counts``)."""
+    """label,name,count,lower,upper,bounds for every label (re-certify the counts later with
+    ``certificate_from_counts(..., bounds=...)``; ``bounds`` names the kind of lower and upper bound)."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["label", "name", "count"])
-    writer.writerows([j, names[j], n] for j, n in enumerate(cert.counts))
+    writer.writerow(["label", "name", "count", "lower", "upper", "bounds"])
+    writer.writerows([j, names[j], n, repr(lo), repr(up), cert.bounds]
+                     for j, (n, lo, up) in enumerate(zip(cert.counts, cert.lower, cert.upper, strict=True)))
     return out.getvalue()
 
 
