@@ -6,19 +6,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import socket
-import subprocess
-import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+from tests.streamlit_server import CHROMIUM, CHROMIUM_ARGS, Server, streamlit_server
+
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -33,31 +27,13 @@ def load() -> str:
 
 
 @contextlib.contextmanager
-def app_server(timeout: float = 180.0) -> Iterator[tuple[str, int]]:
+def app_server(timeout: float = 180.0) -> Iterator[Server]:
     """The app on a free loopback port (results in a temporary folder); yields its URL and process id once
     healthy."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w") as log:
+    with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "CERTCORE_RESULTS": str(Path(tmp) / "results")}
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true", "--server.port",
-             str(port), "--server.address", "127.0.0.1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + timeout
-            while True:
-                with contextlib.suppress(OSError):
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"streamlit did not start:\n{(Path(tmp) / 'server.log').read_text()}")
-                time.sleep(0.5)
-            yield url, proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        with streamlit_server(ROOT, env, Path(tmp) / "server.log", start_timeout=timeout) as running:
+            yield running
 
 
 @contextlib.contextmanager
@@ -66,7 +42,7 @@ def chromium() -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:

@@ -39,11 +39,8 @@ from certcore.models.data import class_names  # noqa: E402
 from certcore.views.default_result import load_default  # noqa: E402
 from certcore.views.explain import reading  # noqa: E402
 from certcore.views.sweeps import example_counts, scale_counts  # noqa: E402
-from tests.streamlit_server import streamlit_server  # noqa: E402
+from tests.streamlit_server import CHROMIUM, CHROMIUM_ARGS, Server, streamlit_server  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
 SLOW = 180_000  # ms: a first script run imports torch and plotly on a loaded 2-core machine
 CHANGE_TIMEOUT = 60_000  # ms for one change to show its radius and go idle
 
@@ -113,7 +110,7 @@ expected => {
 """
 
 
-def server(code: Path, log: Path) -> AbstractContextManager[str]:
+def server(code: Path, log: Path) -> AbstractContextManager[Server]:
     """``streamlit run app.py`` of the code at ``code`` (its own checkpoints, no CERTCORE_* overrides)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("CERTCORE_")}
     return streamlit_server(code, {**env, "PYTHONPATH": str(code)}, log, start_timeout=SLOW / 1000)
@@ -330,10 +327,10 @@ def main() -> None:
     codes = [("new", ROOT)] + ([("ref", args.ref.resolve())] if args.ref else [])
     started = time.monotonic()
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        sites = [Site(name, stack.enter_context(server(code, Path(tmp) / f"{name}.log")))
+        sites = [Site(name, stack.enter_context(server(code, Path(tmp) / f"{name}.log")).url)
                  for name, code in codes]
         playwright = stack.enter_context(sync_playwright())
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         stack.callback(browser.close)
         for preset in args.presets:
             for site in sites:

@@ -86,7 +86,7 @@ async def run_sessions(url: str, sessions: list[Session], args: argparse.Namespa
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(certify_in_browser(browser, url, s, args, image_id) for s in sessions)),

@@ -1,4 +1,5 @@
-"""``streamlit run app.py`` on a free loopback port, for the real-browser test and the browser benchmark."""
+"""``streamlit run app.py`` on a free loopback port and the Debian Chromium that visits it: one definition for the
+real-browser test and the browser benchmarks."""
 
 from __future__ import annotations
 
@@ -12,6 +13,19 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
+
+CHROMIUM = Path("/usr/bin/chromium")
+# Headless, and no background traffic (this machine's closed network refuses it, many connections at a time).
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+class Server(NamedTuple):
+    """A running app: its address and the process id of ``streamlit run``."""
+
+    url: str
+    pid: int
 
 
 def free_port() -> int:
@@ -22,9 +36,9 @@ def free_port() -> int:
 
 
 @contextmanager
-def streamlit_server(code: Path, env: dict[str, str], log: Path, start_timeout: float = 120) -> Iterator[str]:
-    """``streamlit run app.py`` in folder ``code`` with environment ``env``, output to ``log``; yields its URL
-    once healthy (RuntimeError with the log if it is not within ``start_timeout`` seconds) and ends its whole
+def streamlit_server(code: Path, env: dict[str, str], log: Path, start_timeout: float = 120) -> Iterator[Server]:
+    """``streamlit run app.py`` in folder ``code`` with environment ``env``, output to ``log``; yields its URL and
+    process id once healthy (RuntimeError with the log if it is not within ``start_timeout`` seconds) and ends its whole
     process group afterwards."""
     port = free_port()
     with open(log, "w") as out:
@@ -44,7 +58,7 @@ def streamlit_server(code: Path, env: dict[str, str], log: Path, start_timeout: 
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"streamlit did not start in {code}:\n{log.read_text()}")
                 time.sleep(0.5)
-            yield url
+            yield Server(url, proc.pid)
         finally:
             os.killpg(proc.pid, signal.SIGTERM)
             try:

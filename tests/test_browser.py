@@ -20,15 +20,12 @@ import pytest
 
 from certcore.views.default_result import DEFAULT_CHECKPOINT, REPO_ROOT, STORED
 from tests.app_helpers import write_checkpoint
-from tests.streamlit_server import streamlit_server
+from tests.streamlit_server import CHROMIUM, CHROMIUM_ARGS, streamlit_server
 
-CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / DEFAULT_CHECKPOINT  # the trained default, copied under SHIPPED_NAME when present
 SHIPPED_NAME = "cifar10_shipped_default"
 ARTIFACTS = ROOT / "artifacts"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 IMAGENET_CHECKPOINT = REPO_ROOT / "checkpoints" / STORED["imagenet"].checkpoint
 SLOW = 120_000  # ms: the first script run imports torch and plotly on a loaded 2-core machine
 
@@ -52,8 +49,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         (root / "checkpoints" / IMAGENET_CHECKPOINT.name).symlink_to(IMAGENET_CHECKPOINT)
     env = {**os.environ, "CERTCORE_CHECKPOINTS": str(root / "checkpoints"), "CERTCORE_RESULTS": str(root / "res")}
     try:
-        with streamlit_server(ROOT, env, root / "server.log") as url:
-            yield url
+        with streamlit_server(ROOT, env, root / "server.log") as running:
+            yield running.url
     except RuntimeError as exc:
         pytest.fail(str(exc))
 
