@@ -6,6 +6,11 @@ the progress callback, after each has a batch counted, proves it: if one session
 barrier would time out), a third session loads the What-if page. Then the two are released and must end with
 exactly the counts they had alone.
 
+``AppTest`` keeps each run's state in process globals (``Runtime._instance`` and a patched ``config.get_option``
+that turns on ``global.appTest``); a run ending in one thread resets them under a run still going in another, whose
+widgets then stop recording their values (a ``KeyError`` on a selectbox's widget id). So the runs here take turns
+(``ScriptTurns``), except while a session is inside sampling, which is the overlap this test is about.
+
 On a GPU, sessions take turns batch by batch (``certcore.engine.sampling.device_lock``), so the device holds one batch's
 activations at a time. No GPU is here: the lock's wiring and mutual exclusion are tested by handing CPU sampling the
 lock a GPU would get; see README "Reliability and security".
@@ -15,12 +20,16 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import streamlit as st
 import torch
+from streamlit import config
+from streamlit.runtime import Runtime
 from streamlit.testing.v1 import AppTest
 
 import certcore.engine.sampling
@@ -51,6 +60,30 @@ def spread_model(image: torch.Tensor) -> torch.nn.Module:
     return model
 
 
+class ScriptTurns:
+    """One ``AppTest`` run at a time, except where a run steps aside (while it waits inside sampling)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # a plain Lock: the script thread releases what its caller's thread took
+
+    def wrap(self, real_run: Any) -> Any:
+        def run_in_turn(at: AppTest, *args: Any, **kwargs: Any) -> AppTest:
+            with self.lock:
+                return real_run(at, *args, **kwargs)
+        return run_in_turn
+
+    @contextmanager
+    def step_aside(self) -> Iterator[None]:
+        """Let other runs go; on return, put back this run's Streamlit globals that they reset."""
+        saved = Runtime._instance, config.get_option
+        self.lock.release()
+        try:
+            yield
+        finally:
+            self.lock.acquire()
+            Runtime._instance, config.get_option = saved
+
+
 @pytest.fixture()
 def app_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     image_id = bundled_samples("cifar10")[1].id
@@ -60,6 +93,7 @@ def app_world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
                     {"dataset": "cifar10", "arch": "resnet20", "e": 50, "num_classes": 10,
                      "class_names": class_names("cifar10"), "encoding": "levine-feizi-2c"})
     monkeypatch.setenv("CERTCORE_CHECKPOINTS", str(folder))
+    monkeypatch.setattr(config, "get_option", config.get_option)  # interleaved AppTest runs may leave theirs
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # two sessions share 2 busy cores; more threads would only oversubscribe them
     st.cache_data.clear()
@@ -97,6 +131,7 @@ def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monk
     barrier = threading.Barrier(2, action=both_inside.set)
     release = threading.Event()
     concurrent = threading.Event()  # set: the two-session phase (sampling runs in AppTest's script threads)
+    turns = ScriptTurns()
 
     def submit(self, model, image, **kwargs):  # the page samples through the process's shared queue
         models.append(id(model))
@@ -108,14 +143,16 @@ def test_two_sessions_certify_at_once_with_one_cached_model(app_world: str, monk
         def hooked(done: int, total: int, *counts: Any) -> Any:
             if concurrent.is_set() and first[0] and done > 0:
                 first[0] = False
-                barrier.wait(timeout=60)  # both sessions have a first batch classified and counted
-                release.wait(timeout=60)
+                with turns.step_aside():
+                    barrier.wait(timeout=60)  # both sessions have a first batch classified and counted
+                    release.wait(timeout=60)
             return progress(done, total, *counts) if progress is not None else None
 
         return real_result(self, timeout, progress=hooked, **kwargs)
 
     monkeypatch.setattr(SamplingQueue, "submit", submit)
     monkeypatch.setattr(Job, "result", result)
+    monkeypatch.setattr(AppTest, "_run", turns.wrap(AppTest._run))
 
     alone, seconds_alone = {}, {}
     for seed in SEEDS:
