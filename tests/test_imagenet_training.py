@@ -77,3 +77,36 @@ def test_resumed_run_equals_uninterrupted_run(fake_root: Path, tmp_path: Path) -
               if v.is_floating_point()]
     assert all((v.dtype == torch.float16) == (v.ndim >= 2) for v in floats)
     assert not model.training
+
+
+def test_mix_blends_each_image_with_another_of_the_batch() -> None:
+    x = torch.stack([torch.full((3, 4, 4), float(v)) for v in (0.0, 1.0, 10.0)])
+    mixed = imagenet_training.mix(x, torch.Generator().manual_seed(0))
+    for image in mixed:
+        value = float(image[0, 0, 0])
+        assert torch.all(image == value)  # one weight per image, the same at every pixel
+        assert 0.0 <= value <= 10.0
+    assert not torch.equal(mixed, x)
+
+
+def test_crops_take_the_cifar_share_and_mix_them(fake_root: Path) -> None:
+    args = imagenet_training.parse_args(["--images-per-step", "4", "--cifar-fraction", "0.5", "--mixup", "1"])
+    trainer = imagenet_training.Trainer.__new__(imagenet_training.Trainer)  # only the parts crops() uses
+    trainer.args, trainer.aug = args, torch.Generator().manual_seed(0)
+    pool, _ = imagenet_training.load_pool(fake_root)
+    extra = imagenet_training.Pool([torch.zeros(3, 32, 32, dtype=torch.uint8)] * 3, torch.full((3,), -1), ["c"] * 3)
+    x, y = trainer.crops(pool, extra)
+    assert x.shape == (4, 3, 224, 224) and y.tolist()[2:] == [-1, -1] and set(y.tolist()[:2]) <= {1, 2}
+    unmixed = imagenet_training.parse_args(["--images-per-step", "4", "--cifar-fraction", "0.5"])
+    trainer.args, trainer.aug = unmixed, torch.Generator().manual_seed(0)
+    plain, _ = trainer.crops(pool, extra)
+    assert torch.all(plain[2:] == 0) and not torch.all(x[2:] == 0)  # black CIFAR stand-ins, brightened by mixing
+
+
+@pytest.mark.parametrize("option", [["--mixup", "0.5"], ["--cifar-fraction", "0.25"]])
+def test_mixing_options_need_pure_distillation(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        imagenet_training.parse_args([*option, "--distill-weight", "0.5"])
+    assert "need --distill-weight 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        imagenet_training.parse_args(["--mixup", "1.5"])

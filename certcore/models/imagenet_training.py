@@ -6,7 +6,11 @@ per class whose index is not a multiple of 10). The clean pretrained network is 
 resized, cropped and flipped 224 x 224 image; the student (``certcore.models.imagenet``, initialised from the same
 weights) sees ablations of that same image, e of the 50,176 pixels kept, a fresh mask every time, and learns to
 match the teacher's softened prediction (``certcore.models.training.distillation_loss``). Each teacher forward serves
-``--masks-per-image`` student samples. The 100 train-pool images of classes 5, 15, ..., 995 are held out for model
+``--masks-per-image`` student samples. Two options widen the 800 training images into many more points at which the
+student learns the teacher's function (Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and
+consistent"): ``--mixup p`` blends a share p of the crops each with another crop of the batch (weight uniform in
+[0, 1]; teacher and student see the same blend), ``--cifar-fraction`` draws that share of each step's crops from the 50,000 CIFAR-10 training
+images of the shared data, upsampled (the teacher's soft output is the target, so they need no ImageNet label). The 100 train-pool images of classes 5, 15, ..., 995 are held out for model
 selection; the 100 bundled evaluation samples are never touched here.
 
 Schedule: linear warm-up, then cosine decay over ``--total-steps`` to ``--min-lr-ratio`` of the peak, plus an
@@ -42,7 +46,13 @@ from torchvision.transforms.v2 import functional as TF
 from certcore.engine.ablation import ablate
 from certcore.engine.sampling import describe_device
 from certcore.models.checkpoints import atomic_torch_save, save_checkpoint
-from certcore.models.data import bundled_samples, class_names, imagenet_eval_transform, shared_data_dir
+from certcore.models.data import (
+    bundled_samples,
+    cifar10_offline,
+    class_names,
+    imagenet_eval_transform,
+    shared_data_dir,
+)
 from certcore.models.imagenet import (
     FRONT_ENDS,
     IMAGENET_SIZE,
@@ -66,8 +76,9 @@ HELDOUT_OFFSET = 5
 EVAL_SEED = 20220425
 CONFIG_KEYS = (
     "arch", "e", "images_per_step", "masks_per_image", "lr", "weight_decay", "warmup_steps", "total_steps",
-    "min_lr_ratio", "ema_decay", "temperature", "distill_weight", "crop_scale", "seed",
+    "min_lr_ratio", "ema_decay", "temperature", "distill_weight", "crop_scale", "seed", "mixup", "cifar_fraction",
 )
+ADDED_LATER = {"mixup": 0.0, "cifar_fraction": 0.0}  # options of runs saved before they existed
 
 
 @dataclass(frozen=True)
@@ -95,6 +106,19 @@ def load_pool(data_root: str | Path) -> tuple[Pool, Pool]:
         files.append(r["file"])
     train, held = (Pool(i, torch.tensor(lab), fl) for i, lab, fl in (parts[False], parts[True]))
     return train, held
+
+
+def cifar10_pool(data_root: str | Path) -> Pool:
+    """The 50,000 CIFAR-10 training images (32 x 32) as extra, unlabelled distillation images (labels -1)."""
+    images = cifar10_offline(data_root, "train").images
+    return Pool(list(images), torch.full((len(images),), -1), [f"cifar10-train-{i}" for i in range(len(images))])
+
+
+def mix(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mixup within the batch: image i becomes lam_i x_i + (1 - lam_i) x_perm(i), lam_i uniform in [0, 1]."""
+    perm = torch.randperm(len(x), generator=generator)
+    lam = torch.rand(len(x), 1, 1, 1, generator=generator)
+    return lam * x + (1 - lam) * x[perm]
 
 
 def heldout_images(pool: Pool) -> torch.Tensor:
@@ -172,6 +196,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--distill-weight", type=float, default=1.0, help="w: loss = (1-w) CE + w T^2 KL")
     p.add_argument("--crop-scale", type=float, default=0.25, help="smallest area fraction of a random crop")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="probability that a crop is blended with another crop of the batch (needs --distill-weight 1)")
+    p.add_argument("--cifar-fraction", type=float, default=0.0,
+                   help="share of each step's crops taken from the CIFAR-10 training images (needs --distill-weight 1)")
     p.add_argument("--data-root", default=None,
                    help="shared data folder (default: CERTCORE_SHARED_DATA or ../shared/data)")
     p.add_argument("--state", default="checkpoints/state/imagenet_effnetlite0_e1000.state.pt")
@@ -201,6 +229,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--lr must be > 0, --weight-decay >= 0, --min-lr-ratio in [0, 1], --ema-decay in [0, 1)")
     if not (args.temperature > 0 and 0 <= args.distill_weight <= 1 and 0 < args.crop_scale <= 1):
         p.error("--temperature must be > 0, --distill-weight in [0, 1], --crop-scale in (0, 1]")
+    if not (0 <= args.mixup <= 1 and 0 <= args.cifar_fraction <= 1):
+        p.error("--mixup and --cifar-fraction must be in [0, 1]")
+    if (args.mixup or args.cifar_fraction) and args.distill_weight != 1:
+        p.error("--mixup and --cifar-fraction need --distill-weight 1: their images have no single true label")
     return args
 
 
@@ -231,10 +263,22 @@ class Trainer:
         self.devices: list[str] = []
         self.config = {k: getattr(args, k) for k in CONFIG_KEYS}
 
-    def train_step(self, pool: Pool) -> float:
+    def crops(self, pool: Pool, extra: Pool | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This step's augmented images: crops of ``pool`` and (``--cifar-fraction``) of ``extra``, then mixup."""
+        a = self.args
+        n_extra = round(a.images_per_step * a.cifar_fraction) if extra is not None else 0
+        parts = [random_resized_crops(p, n, (a.crop_scale, 1.0), self.aug)
+                 for p, n in ((pool, a.images_per_step - n_extra), (extra, n_extra)) if n > 0]
+        x, y = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+        if a.mixup:
+            blend = torch.rand(len(x), generator=self.aug) < a.mixup
+            x = torch.where(blend[:, None, None, None], mix(x, self.aug), x)
+        return x, y
+
+    def train_step(self, pool: Pool, extra: Pool | None = None) -> float:
         """One optimiser step on fresh crops and fresh masks; returns the loss."""
         a = self.args
-        x, y = random_resized_crops(pool, a.images_per_step, (a.crop_scale, 1.0), self.aug)
+        x, y = self.crops(pool, extra)
         x, y = x.to(self.device), y.to(self.device)
         with torch.inference_mode():
             teacher_logits = self.teacher(x.contiguous(memory_format=torch.channels_last))
@@ -269,7 +313,7 @@ class Trainer:
 
     def load(self, state: dict[str, Any]) -> bool:
         """Continue from ``state``; returns True when the generators had to be reseeded (other device type)."""
-        saved = json.loads(state["config"])
+        saved = {**ADDED_LATER, **json.loads(state["config"])}
         diff = {k: (saved.get(k), self.config.get(k)) for k in saved.keys() | self.config.keys()
                 if saved.get(k) != self.config.get(k) and k != "total_steps"}
         if diff:
@@ -312,6 +356,7 @@ def train(args: argparse.Namespace) -> None:
     elif Path(args.state).exists():
         raise SystemExit(f"--state {args.state!r} exists: pass --resume to continue it, or another --state")
     train_pool, held = load_pool(args.data_root or shared_data_dir())
+    extra = cifar10_pool(args.data_root or shared_data_dir()) if args.cifar_fraction else None
     held_x, held_y = heldout_images(held).to(device), held.labels.to(device)
     where = describe_device(device)
     trainer.devices.append(f"from step {trainer.step}: {where}")
@@ -336,7 +381,7 @@ def train(args: argparse.Namespace) -> None:
 
     trainer.model.train()
     while trainer.step < end and stop["signal"] is None:
-        window_loss += trainer.train_step(train_pool)
+        window_loss += trainer.train_step(train_pool, extra)
         window_steps += 1
         now = time.time()
         if trainer.step % args.log_every == 0:
@@ -446,8 +491,12 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                       "student = this model on ablations of the same image (fresh uniform e-subset per sample)",
             "loss": "(1-w) CE(student, y) + w T^2 KL(softmax(teacher/T) || softmax(student/T))",
             "optimizer": "AdamW", "schedule": "linear warm-up, cosine to min_lr_ratio at total_steps",
-            "augmentation": "random resized crop 224 (area in [crop_scale, 1], aspect [3/4, 4/3]) + horizontal flip",
-            "train_data": "shared data imagenet/train_pool: the 800 images of classes not = 0 or 5 mod 10",
+            "augmentation": "random resized crop 224 (area in [crop_scale, 1], aspect [3/4, 4/3]) + horizontal flip"
+                            + (f"; mixup with probability {config.get('mixup')} (blend weight uniform in [0, 1])"
+                               if config.get("mixup") else ""),
+            "train_data": "shared data imagenet/train_pool: the 800 images of classes not = 0 or 5 mod 10"
+                          + (f"; a {config.get('cifar_fraction')} share of each step's crops from the 50,000 CIFAR-10 "
+                             "training images (shared data, JPEG q75), upsampled" if config.get("cifar_fraction") else ""),
             "heldout_data": "imagenet/train_pool images of classes 5, 15, ..., 995 (100), used for model selection",
             "never_used": "the 100 bundled evaluation samples (classes 0, 10, ..., 990)",
             "weights_exported": chosen_name,

@@ -511,7 +511,7 @@ def distillation_loss(
     scale independent of T. The teacher was trained on exact pixels and here sees the JPEG training images, so
     its targets are somewhat worse than on exact pixels; the CE term keeps the true label in the loss.
     """
-    ce = F.cross_entropy(logits, y)
+    ce = F.cross_entropy(logits, y) if weight < 1 else logits.new_zeros(())  # w = 1: y may be unknown (-1)
     kl = F.kl_div(
         F.log_softmax(logits / temperature, dim=1),
         F.log_softmax(teacher_logits / temperature, dim=1),
