@@ -9,12 +9,17 @@ anytime-valid construction at the same n, all in one run:
   Beta(1/2, 1/2) is what ``anytime_bounds`` uses), and ``mix1(a,b)``: the same prior in the one-sided form (the mixture
   restricted to the side of the alternative, the other side's weight kept as a constant 1).
 
-CIFAR10 (d=1024, e=50): the stored counts of a results file (n = 100,000); smaller n by subsampling each image's
-counts without replacement (multivariate hypergeometric, fixed seed). ImageNet (d=50176, e=1000, c=1000): no
-ImageNet results file exists yet, so its rows use SYNTHETIC counts (top label probability uniform in [0.3, 0.99], the
-rest Dirichlet(0.05) over 999 labels, a multinomial draw of 100,000, then the same subsampling), labelled as such.
+Real counts: the stored counts of a results file (d, e, alpha, c and n read from it; the default is the CIFAR10
+n = 100,000 file, d=1024, e=50); smaller n by subsampling each image's counts without replacement (multivariate
+hypergeometric, fixed seed). For each n the table also counts the images whose price can be nonzero at all: those
+certified (radius >= 0) under SimuEM, as no construction here is ever above SimuEM, and among them those with a
+positive radius under either bound. ``--synthetic`` adds ImageNet-size rows (d=50176, e=1000, c=1000) on SYNTHETIC
+counts (top label probability uniform in [0.3, 0.99], the rest Dirichlet(0.05) over 999 labels, a multinomial draw
+of 100,000, then the same subsampling), labelled as such.
 
-    python bench/bench_anytime_price.py [--results FILE] [--images 500] [--synthetic 100]
+    python bench/bench_anytime_price.py [--results FILE] [--images 500] [--sizes 1000 10000 100000] [--synthetic 100]
+    python bench/bench_anytime_price.py --results results/imagenet_effnetlite0_e1000_n1000.jsonl \
+        --sizes 100 300 1000 --synthetic 0
 """
 
 from __future__ import annotations
@@ -121,9 +126,12 @@ def subsample(counts: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarra
     return counts if n == counts.sum() else rng.multivariate_hypergeometric(counts, n)
 
 
-def price_table(images: list[tuple[np.ndarray, int]], alpha: float, d: int, e: int, seed: int) -> list[dict]:
+def price_table(images: list[tuple[np.ndarray, int]], alpha: float, d: int, e: int, seed: int,
+                sizes: tuple[int, ...] = SIZES) -> list[dict]:
+    """One row per (n, construction): the mean price in pixels over all images, the share of images whose radius
+    changed, and how many images could have a nonzero price (certified under SimuEM; positive under either)."""
     rows = []
-    for n in SIZES:
+    for n in sizes:
         rng = np.random.default_rng(seed)
         sub = [(subsample(counts, n, rng), label) for counts, label in images]
         base = np.array([radii(simuem_bounds, c, lab, alpha, d, e) for c, lab in sub])
@@ -134,12 +142,14 @@ def price_table(images: list[tuple[np.ndarray, int]], alpha: float, d: int, e: i
             drop = base - got
             rows.append({"n": n, "method": name, "price1": drop[:, 0].mean(), "price3": drop[:, 1].mean(),
                          "changed1": (drop[:, 0] != 0).mean(), "changed3": (drop[:, 1] != 0).mean(),
-                         "simuem3": base[:, 1].mean(), "min_drop": drop.min()})
+                         "certified1": int((base[:, 0] >= 0).sum()), "certified3": int((base[:, 1] >= 0).sum()),
+                         "positive1": int((np.maximum(base, got)[:, 0] > 0).sum()),
+                         "positive3": int((np.maximum(base, got)[:, 1] > 0).sum())})
     return rows
 
 
 def synthetic_imagenet(count: int, seed: int) -> list[tuple[np.ndarray, int]]:
-    """SYNTHETIC ImageNet-size counts (no ImageNet results file exists yet): label 0 is the true label."""
+    """SYNTHETIC ImageNet-size counts (top label 0, the true label, uniform in [0.3, 0.99]; the rest Dirichlet)."""
     rng = np.random.default_rng(seed)
     images = []
     for top in rng.uniform(0.3, 0.99, count):
@@ -150,11 +160,15 @@ def synthetic_imagenet(count: int, seed: int) -> list[tuple[np.ndarray, int]]:
 
 def print_rows(title: str, rows: list[dict], images: int) -> None:
     print(f"\n### {title} ({images} images)\n")
-    print("| n | construction | top-3 price (px) | top-3 changed | top-1 price (px) | top-1 changed |")
-    print("|---|---|---|---|---|---|")
+    print("| n | construction | top-3 price (px) | top-3 changed | top-1 price (px) | top-1 changed | "
+          "certified (r >= 0 under SimuEM), top-3 / top-1 | r > 0 under either bound, top-3 / top-1 | "
+          "price per certified image (px), top-3 / top-1 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        per = [r[f"price{k}"] * images / r[f"certified{k}"] if r[f"certified{k}"] else 0.0 for k in (3, 1)]
         print(f"| {r['n']:,} | {r['method']} | {r['price3']:.3f} | {r['changed3']:.0%} | {r['price1']:.3f} | "
-              f"{r['changed1']:.0%} |")
+              f"{r['changed1']:.0%} | {r['certified3']} / {r['certified1']} | {r['positive3']} / {r['positive1']} | "
+              f"{per[0]:.2f} / {per[1]:.2f} |")
 
 
 def speed(images: list[tuple[np.ndarray, int]], repeats: int = 20) -> None:
@@ -175,6 +189,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", default="results/cifar10_resnet20_e50_distill56_n100000.jsonl")
     parser.add_argument("--images", type=int, default=500, help="first records of the results file")
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES),
+                        help="sample sizes n (each at most the file's n; smaller ones by subsampling)")
     parser.add_argument("--synthetic", type=int, default=100, help="synthetic ImageNet-size images (0: skip)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -182,11 +198,12 @@ def main() -> None:
     print(f"machine: {cpu}, {platform.python_implementation()} {platform.python_version()}")
     records = read_results(args.results)[: args.images]
     first = records[0]
-    alpha, d, e = first["alpha"], first["d"], first["e"]
-    assert all(r["n"] == 100_000 for r in records), "expects an n = 100,000 results file"
+    alpha, d, e, stored = first["alpha"], first["d"], first["e"], min(r["n"] for r in records)
+    if max(args.sizes) > stored:
+        parser.error(f"--sizes must be at most the results file's n = {stored:,}")
     images = [(np.array(r["counts"]), r["label"]) for r in records]
-    print_rows(f"CIFAR10 {Path(args.results).name}, d={d}, e={e}, alpha={alpha}",
-               price_table(images, alpha, d, e, args.seed), len(images))
+    print_rows(f"{first['dataset']} {Path(args.results).name}, d={d}, e={e}, c={len(first['counts'])}, "
+               f"alpha={alpha}", price_table(images, alpha, d, e, args.seed, tuple(args.sizes)), len(images))
     if args.synthetic:
         synthetic = synthetic_imagenet(args.synthetic, args.seed)
         print_rows("ImageNet size, SYNTHETIC counts, d=50176, e=1000, c=1000, alpha=0.001",
