@@ -17,6 +17,7 @@ from certcore import (
     radius_limit,
     simuem_bounds,
 )
+from certcore.engine.certificate import certificate_from_counts
 from certcore.math.radius import unrounded_top1_radius
 from tests.eq6_reference import reference_radius
 
@@ -26,6 +27,38 @@ PAPER_LIKE_COUNTS = [80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50]
 @pytest.mark.parametrize(("k", "expected"), [(1, 8), (2, 13), (3, 15)])
 def test_known_values_from_an_independent_implementation(k, expected):
     assert certify_counts(PAPER_LIKE_COUNTS, 0, d=1024, e=50, k=k, alpha=0.001) == expected
+
+
+ANYTIME_CASES = [  # (counts, label, d, e, k): CIFAR10-, ImageNet- and toy-sized, small n and large
+    (PAPER_LIKE_COUNTS, 0, 1024, 50, 3),
+    ([800, 100, 100], 0, 1024, 50, 1),
+    ([90, 5, 5], 0, 1024, 50, 1),
+    ([900, 60, 40], 0, 1024, 20, 1),
+    ([40, 35, 25], 1, 1024, 50, 2),
+    ([700, 200] + [1] * 998, 1, 50176, 1000, 3),
+    ([30, 0, 0], 0, 9, 2, 1),
+]
+
+
+@pytest.mark.parametrize(("counts", "label", "d", "e", "k"), ANYTIME_CASES)
+def test_anytime_bounds_give_the_certificates_radius_never_above_simuem(counts, label, d, e, k):
+    anytime = certify_counts(counts, label, d, e, k, 0.001, bounds="anytime")
+    certificate = certificate_from_counts(counts, d=d, e=e, k=k, alpha=0.001, label=label, bounds="anytime")
+    assert anytime == certificate.radius_of(label)
+    assert anytime <= certify_counts(counts, label, d, e, k, 0.001)
+    assert certify_counts(counts, label, d, e, k, 0.001) == certify_counts(counts, label, d, e, k, 0.001, "simuem")
+
+
+def test_anytime_bounds_are_used_not_ignored():
+    """Wider anytime bounds cost a pixel on some of the cases (else the test above could not tell them apart)."""
+    smaller = [certify_counts(c, j, d, e, k, 0.001, "anytime") < certify_counts(c, j, d, e, k, 0.001)
+               for c, j, d, e, k in ANYTIME_CASES]
+    assert 0 < sum(smaller) < len(smaller)
+
+
+def test_a_bad_bounds_value_is_refused_with_the_allowed_values():
+    with pytest.raises(ValueError, match="^bounds must be one of 'simuem', 'anytime', got 'SimuEM'$"):
+        certify_counts(PAPER_LIKE_COUNTS, 0, 1024, 50, 3, 0.001, bounds="SimuEM")
 
 
 def test_not_certified_and_trivial_cases():

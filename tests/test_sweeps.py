@@ -44,6 +44,45 @@ def test_every_point_is_a_certification():
     assert n_sweep.radii == [certify_counts(scale_counts(COUNTS, 1000), 0, 1024, 50, 3, 0.001), 15]
 
 
+ALL_SWEEPS = {  # name: (the sweep on ``values`` with ``bounds``, one point of it by certify_counts)
+    "k": (lambda c, vs, b: radius_vs_k(c, 0, 1024, 50, 0.001, vs, b),
+          lambda c, v, b: certify_counts(c, 0, 1024, 50, v, 0.001, b)),
+    "e": (lambda c, vs, b: radius_vs_e(c, 0, 1024, 1, 0.001, vs, b),
+          lambda c, v, b: certify_counts(c, 0, 1024, v, 1, 0.001, b)),
+    "n": (lambda c, vs, b: radius_vs_n(c, 0, 1024, 50, 1, 0.001, vs, b),
+          lambda c, v, b: certify_counts(scale_counts(c, v), 0, 1024, 50, 1, 0.001, b)),
+    "alpha": (lambda c, vs, b: radius_vs_alpha(c, 0, 1024, 50, 1, vs, b),
+              lambda c, v, b: certify_counts(c, 0, 1024, 50, 1, v, b)),
+}
+SWEEP_VALUES = {"k": [1, 2], "e": [10, 25, 50, 100], "n": [100, 1000, 10_000], "alpha": [0.1, 0.01, 0.001]}
+
+
+@pytest.mark.parametrize("name", list(ALL_SWEEPS))
+@pytest.mark.parametrize(("bounds", "other"), [("simuem", "anytime"), ("anytime", "simuem")])
+def test_every_sweep_honours_bounds(name, bounds, other):
+    """Each point is ``certify_counts`` with the sweep's ``bounds``; on these 1,000 samples the two kinds of bounds
+    differ by a pixel somewhere in every sweep, so a sweep that ignored ``bounds`` fails one of the two cases."""
+    counts, values = [800, 100, 100], SWEEP_VALUES[name]
+    sweep, point = ALL_SWEEPS[name]
+    radii = sweep(counts, values, bounds).radii
+    assert radii == [point(counts, v, bounds) for v in values]
+    assert radii != [point(counts, v, other) for v in values]
+
+
+def test_sweeps_default_to_simuem():
+    c = [800, 100, 100]
+    assert radius_vs_k(c, 0, 1024, 50, 0.001, [1, 2]) == radius_vs_k(c, 0, 1024, 50, 0.001, [1, 2], "simuem")
+    assert radius_vs_e(c, 0, 1024, 1, 0.001, [10, 50]) == radius_vs_e(c, 0, 1024, 1, 0.001, [10, 50], "simuem")
+    assert radius_vs_n(c, 0, 1024, 50, 1, 0.001, [100]) == radius_vs_n(c, 0, 1024, 50, 1, 0.001, [100], "simuem")
+    assert radius_vs_alpha(c, 0, 1024, 50, 1, [0.1]) == radius_vs_alpha(c, 0, 1024, 50, 1, [0.1], "simuem")
+
+
+@pytest.mark.parametrize("name", list(ALL_SWEEPS))
+def test_every_sweep_refuses_a_bad_bounds_value(name):
+    with pytest.raises(ValueError, match="bounds must be one of 'simuem', 'anytime', got 'fixed'"):
+        ALL_SWEEPS[name][0](COUNTS, SWEEP_VALUES[name], "fixed")
+
+
 def test_trends_of_the_papers_figures():
     """k up: radius up (Fig. 1); e up: radius down (Fig. 2); alpha down: radius down (Fig. 4)."""
     ks = radius_vs_k(COUNTS, 0, 1024, 50, 0.001, range(1, 10)).radii

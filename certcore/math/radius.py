@@ -21,13 +21,14 @@ from functools import lru_cache
 import numpy as np
 
 from certcore.math.bounds import (
-    _simuem_bounds_unchecked,
+    _label_bounds_unchecked,
     clopper_pearson_lower,
     round_lower_to_grid,
     round_upper_to_grid,
 )
 from certcore.math.validation import (
     check_alpha,
+    check_bounds,
     check_counts,
     check_d_e,
     check_int,
@@ -154,22 +155,31 @@ def _certified_radius_unchecked(p_lower: Bound, p_uppers: Sequence[Bound] | np.n
     return _largest_r_with_m_at_least(d, e, need)
 
 
-def certify_counts(counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alpha: float) -> int:
-    """Certified radius of ``label`` in the top-k from sampled label counts: SimuEM bounds (Eq. 8), then Theorem 1.
+def certify_counts(counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alpha: float,
+                   bounds: str = "simuem") -> int:
+    """Certified radius of ``label`` in the top-k from sampled label counts: label bounds, then Theorem 1.
+
+    ``bounds`` names the bounds (``label_bounds``): ``"simuem"`` (the default, Eq. 8 of the paper) holds only
+    for a sample size n fixed before sampling; ``"anytime"`` (a confidence sequence, ``certcore.math.anytime``)
+    holds whenever sampling stops, e.g. for counts whose n was decided while watching them. The same radius as
+    ``certificate_from_counts(..., bounds=bounds)`` gives ``label``.
 
     >>> certify_counts([80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50], 0, d=1024, e=50, k=3, alpha=0.001)
     15
+    >>> [certify_counts([800, 100, 100], 0, d=1024, e=50, k=1, alpha=0.001, bounds=b) for b in ("simuem", "anytime")]
+    [7, 6]
     """
     n_j = check_counts(counts)
     label = check_label(label, len(n_j))
     alpha = check_alpha(alpha)
     d, e = check_d_e(d, e)
-    return _certify_counts_unchecked(n_j, label, d, e, check_k(k), alpha)
+    return _certify_counts_unchecked(n_j, label, d, e, check_k(k), alpha, check_bounds(bounds))
 
 
-def _certify_counts_unchecked(n_j: np.ndarray, label: int, d: int, e: int, k: int, alpha: float) -> int:
+def _certify_counts_unchecked(n_j: np.ndarray, label: int, d: int, e: int, k: int, alpha: float,
+                              bounds: str = "simuem") -> int:
     """``certify_counts`` for checked arguments (``n_j`` an int64 array from ``check_counts``)."""
-    lower, upper = _simuem_bounds_unchecked(n_j, alpha)
+    lower, upper = _label_bounds_unchecked(n_j, alpha, bounds)
     return _certified_radius_unchecked(float(lower[label]), np.delete(upper, label), d, e, k)
 
 

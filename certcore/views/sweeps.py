@@ -1,7 +1,9 @@
 """What-if sweeps on one set of label counts: the certified radius as k, e, n or alpha changes.
 
 The shapes of the paper's Figures 1-4 (impact of k, e, n and alpha) for a single image. Every point is a full
-certification from counts (SimuEM bounds, Eq. 8, then Theorem 1), so nothing here adds a formula of its own.
+certification from counts (label bounds, then Theorem 1), so nothing here adds a formula of its own. Every sweep
+takes ``bounds`` as ``certify_counts`` does: ``"simuem"`` (the default: Eq. 8, valid at a sample size fixed in
+advance) or ``"anytime"`` (valid whenever sampling stops: the bounds to use for counts of an anytime run).
 A sweep over e keeps the counts fixed: it shows what the certificate alone does with e. (With a real base
 classifier the counts change with e as well: fewer kept pixels make the classifier less accurate.)
 """
@@ -13,9 +15,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from certcore.math.bounds import simuem_bounds
+from certcore.math.bounds import label_bounds
 from certcore.math.radius import certified_radius, certify_counts
-from certcore.math.validation import check_alpha, check_counts, check_d_e, check_int, check_k, check_label
+from certcore.math.validation import (
+    check_alpha,
+    check_bounds,
+    check_counts,
+    check_d_e,
+    check_int,
+    check_k,
+    check_label,
+)
 
 PAPER_LIKE_COUNTS = (80000, 9000, 5000, 3000, 1000, 800, 600, 400, 150, 50)
 
@@ -61,49 +71,56 @@ def scale_counts(counts: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
     return scaled
 
 
-def _label_bounds(counts: Sequence[int] | np.ndarray, label: int, alpha: float) -> tuple[float, np.ndarray]:
-    """SimuEM bounds (Eq. 8) as Theorem 1 takes them: the label's lower bound, every other label's upper bound.
-    The same split ``certify_counts`` makes; computed once for sweeps whose parameter does not change them."""
+def _label_bounds(counts: Sequence[int] | np.ndarray, label: int, alpha: float, bounds: str
+                  ) -> tuple[float, np.ndarray]:
+    """``bounds`` (``label_bounds``) as Theorem 1 takes them: the label's lower bound, every other label's upper
+    bound. The same split ``certify_counts`` makes; computed once for sweeps whose parameter does not change them."""
     n_j = check_counts(counts)
     label = check_label(label, len(n_j))
-    lower, upper = simuem_bounds(n_j, alpha)
+    lower, upper = label_bounds(n_j, alpha, bounds)
     return float(lower[label]), np.delete(upper, label)
 
 
 def radius_vs_k(
-    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, alpha: float, ks: Iterable[int]
+    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, alpha: float, ks: Iterable[int],
+    bounds: str = "simuem",
 ) -> Sweep:
     """Figure 1's parameter: the radius of ``label`` in the top-k for each k in ``ks`` (the bounds do not
     depend on k)."""
     ks = [check_k(k) for k in ks]
-    p_lower, p_uppers = _label_bounds(counts, label, alpha)
+    p_lower, p_uppers = _label_bounds(counts, label, alpha, bounds)
     return Sweep("k", ks, [certified_radius(p_lower, p_uppers, d, e, k) for k in ks])
 
 
 def radius_vs_e(
-    counts: Sequence[int] | np.ndarray, label: int, d: int, k: int, alpha: float, es: Iterable[int]
+    counts: Sequence[int] | np.ndarray, label: int, d: int, k: int, alpha: float, es: Iterable[int],
+    bounds: str = "simuem",
 ) -> Sweep:
     """Figure 2's parameter: the radius for each e in ``es``, the counts held fixed (see the module docstring;
     the bounds do not depend on e, only their rounding to the 1/C(d, e) grid does)."""
     es = [check_d_e(d, e)[1] for e in es]
-    p_lower, p_uppers = _label_bounds(counts, label, alpha)
+    p_lower, p_uppers = _label_bounds(counts, label, alpha, bounds)
     return Sweep("e", es, [certified_radius(p_lower, p_uppers, d, e, k) for e in es])
 
 
 def radius_vs_n(
-    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alpha: float, ns: Iterable[int]
+    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alpha: float, ns: Iterable[int],
+    bounds: str = "simuem",
 ) -> Sweep:
     """Figure 3's parameter: the radius when the same label frequencies are observed in n samples."""
     ns = [check_int(n, "n", 1) for n in ns]
-    return Sweep("n", ns, [certify_counts(scale_counts(counts, n), label, d, e, k, alpha) for n in ns])
+    bounds = check_bounds(bounds)
+    return Sweep("n", ns, [certify_counts(scale_counts(counts, n), label, d, e, k, alpha, bounds) for n in ns])
 
 
 def radius_vs_alpha(
-    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alphas: Iterable[float]
+    counts: Sequence[int] | np.ndarray, label: int, d: int, e: int, k: int, alphas: Iterable[float],
+    bounds: str = "simuem",
 ) -> Sweep:
     """Figure 4's parameter: the radius for each failure probability alpha in ``alphas``."""
     alphas = [check_alpha(a) for a in alphas]
-    return Sweep("alpha", alphas, [certify_counts(counts, label, d, e, k, a) for a in alphas])
+    bounds = check_bounds(bounds)
+    return Sweep("alpha", alphas, [certify_counts(counts, label, d, e, k, a, bounds) for a in alphas])
 
 
 def default_grids(d: int, e: int, n: int, num_classes: int, k: int = 1, alpha: float = 0.001) -> dict[str, list]:
