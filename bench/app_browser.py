@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shlex
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +35,20 @@ def app_server(timeout: float = 180.0) -> Iterator[Server]:
         env = {**os.environ, "CERTCORE_RESULTS": str(Path(tmp) / "results")}
         with streamlit_server(ROOT, env, Path(tmp) / "server.log", start_timeout=timeout) as running:
             yield running
+
+
+@contextlib.contextmanager
+def idle_priority_chromium() -> Iterator[Path]:
+    """An executable for Playwright's ``executable_path`` that starts ``CHROMIUM`` at the lowest CPU priority, the
+    SCHED_IDLE policy (``chrt --idle 0``; every process and thread of the browser inherits it), so that it only
+    gets CPU nothing else wants: on a load test's one machine the browsers then stand in for visitors' browsers,
+    which run on the visitors' own machines. ``nice -n 19`` alone does not hold: Chromium sets its threads'
+    niceness itself (run as root here: to 0, some to -8), but it leaves the scheduling policy alone."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "chromium"
+        path.write_text(f'#!/bin/sh\nexec chrt --idle 0 {shlex.quote(str(CHROMIUM))} "$@"\n')
+        path.chmod(0o755)
+        yield path
 
 
 @contextlib.contextmanager

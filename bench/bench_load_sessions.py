@@ -8,11 +8,16 @@ certificate; its JSON download is then parsed. Checked: no error on any page, ev
 the same request gets alone (the same counts sampled in this process by ``sample_counts`` with the model compiled
 as the app compiles it, certified with the same bounds), and aggregate samples/s = sessions x n / (last finish -
 first click) against one session alone, timed the same way (after a warm-up run that loads and compiles the
-model). The server's CPU seconds over each phase give its samples per CPU-second too: in this test the browsers run
-on the same cores as the server and take CPU from it, which visitors' browsers would not. Everything is bounded by
-``--timeout``.
+model). The server's CPU seconds over each phase give its samples per CPU-second too.
 
-    python bench/bench_load_sessions.py [--sessions 8] [--n 10000] [--bounds anytime]
+The browsers run on the same cores as the server, where visitors' browsers run on the visitors' own machines and
+take no CPU from the server. ``--browsers low`` emulates that: Chromium (all its processes and threads) at the
+lowest CPU priority (the SCHED_IDLE policy, ``bench.app_browser.idle_priority_chromium``), so the browsers only get
+CPU the server does not want; ``normal`` runs them at the
+server's priority, taking their share of the cores; ``both`` (the default) measures the two one after the other on
+the same server, each variant with its own alone and crowd phase. Everything is bounded by ``--timeout``.
+
+    python bench/bench_load_sessions.py [--sessions 8] [--n 10000] [--bounds anytime] [--browsers both]
 """
 
 from __future__ import annotations
@@ -27,7 +32,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.app_browser import CHROMIUM, CHROMIUM_ARGS, ROOT, app_server, cpu_seconds, link, load  # noqa: E402
+from bench.app_browser import (  # noqa: E402
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    ROOT,
+    app_server,
+    cpu_seconds,
+    idle_priority_chromium,
+    link,
+    load,
+)
 from certcore.engine.certificate import Certificate, certificate_from_counts  # noqa: E402
 from certcore.engine.compiled import compile_for_cpu  # noqa: E402
 from certcore.engine.sampling import sample_counts  # noqa: E402
@@ -81,12 +95,14 @@ async def certify_in_browser(browser: object, url: str, session: Session, args: 
         await page.close()
 
 
-async def run_sessions(url: str, sessions: list[Session], args: argparse.Namespace, image_id: str) -> float:
-    """All sessions at once; returns sessions x n / (last finish - first start), the aggregate samples/s."""
+async def run_sessions(url: str, sessions: list[Session], args: argparse.Namespace, image_id: str,
+                       executable: Path = CHROMIUM) -> float:
+    """All sessions at once in one browser started from ``executable``; returns sessions x n / (last finish - first
+    start), the aggregate samples/s."""
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        browser = await p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = await p.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
         try:
             await asyncio.wait_for(
                 asyncio.gather(*(certify_in_browser(browser, url, s, args, image_id) for s in sessions)),
@@ -99,35 +115,53 @@ async def run_sessions(url: str, sessions: list[Session], args: argparse.Namespa
     return len(done) * args.n / (max(s.finished for s in done) - min(s.started for s in sessions))
 
 
+def alone_and_crowd(url: str, pid: int, args: argparse.Namespace, image_id: str, executable: Path,
+                    first_seed: int) -> tuple[list[Session], list[Session]]:
+    """One session alone, then ``args.sessions`` at once, all in browsers started from ``executable``; prints the
+    aggregate samples/s and the server's samples per CPU-second of each, and their ratios. Seeds from
+    ``first_seed`` on, none sampled before (no cached counts)."""
+    alone = [Session(seed=first_seed)]
+    cpu = cpu_seconds(pid)
+    alone_rate = asyncio.run(run_sessions(url, alone, args, image_id, executable))
+    alone_cpu = args.n / (cpu_seconds(pid) - cpu)
+    print(f"  one session alone: {alone_rate:,.0f} samples/s, {alone_cpu:,.0f} per server CPU-second · "
+          f"load {load()}")
+    crowd = [Session(seed=first_seed + 1 + i) for i in range(args.sessions)]
+    cpu = cpu_seconds(pid)
+    crowd_rate = asyncio.run(run_sessions(url, crowd, args, image_id, executable))
+    crowd_cpu = len(crowd) * args.n / (cpu_seconds(pid) - cpu)
+    print(f"  {args.sessions} sessions at once: {crowd_rate:,.0f} samples/s ({crowd_rate / alone_rate:.0%} of "
+          f"one alone), {crowd_cpu:,.0f} per server CPU-second ({crowd_cpu / alone_cpu:.0%}) · load {load()}")
+    return alone, crowd
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=8)
     parser.add_argument("--n", type=int, default=10_000)
     parser.add_argument("--bounds", choices=["anytime", "simuem"], default="anytime")
+    parser.add_argument("--browsers", choices=["low", "normal", "both"], default="both",
+                        help="the browsers' CPU priority: low (SCHED_IDLE), normal (the server's), both (low first)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds any one wait may take")
     args = parser.parse_args()
     image_id = load_default().image
+    variants = ["low", "normal"] if args.browsers == "both" else [args.browsers]
     print(f"{args.sessions} sessions x n = {args.n:,} ({args.bounds}), image {image_id}; load before: {load()}")
-    with app_server() as (url, pid):
+    sessions = []
+    with app_server() as (url, pid), idle_priority_chromium() as low:
         warm = [Session(seed=99)]
         asyncio.run(run_sessions(url, warm, args, image_id))  # loads and compiles the model: not timed
-        alone = [Session(seed=1)]
-        cpu = cpu_seconds(pid)
-        alone_rate = asyncio.run(run_sessions(url, alone, args, image_id))
-        alone_cpu = args.n / (cpu_seconds(pid) - cpu)
-        print(f"one session alone: {alone_rate:,.0f} samples/s, {alone_cpu:,.0f} per server CPU-second · "
-              f"load {load()}")
-        crowd = [Session(seed=101 + i) for i in range(args.sessions)]  # seeds not sampled before: no cache hit
-        cpu = cpu_seconds(pid)
-        crowd_rate = asyncio.run(run_sessions(url, crowd, args, image_id))
-        crowd_cpu = len(crowd) * args.n / (cpu_seconds(pid) - cpu)
-        print(f"{args.sessions} sessions at once: {crowd_rate:,.0f} samples/s ({crowd_rate / alone_rate:.0%} of "
-              f"one alone), {crowd_cpu:,.0f} per server CPU-second ({crowd_cpu / alone_cpu:.0%}) · load {load()}")
+        sessions += warm
+        for v, variant in enumerate(variants):
+            print(f"browsers at {'the lowest CPU priority (SCHED_IDLE)' if variant == 'low' else 'normal priority'}:")
+            alone, crowd = alone_and_crowd(url, pid, args, image_id, low if variant == "low" else CHROMIUM,
+                                           first_seed=1 + 100 * v)
+            sessions += [*alone, *crowd]
     model = compile_for_cpu(load_checkpoint(str(ROOT / "checkpoints" / DEFAULT_CHECKPOINT), device="cpu")[0],
                             (3, 32, 32))
     image = next(s for s in bundled_samples("cifar10") if s.id == image_id)
     errors, unequal = 0, 0
-    for s in [*warm, *alone, *crowd]:
+    for s in sessions:
         if s.error or s.certificate is None:
             errors += 1
             print(f"seed {s.seed}: ERROR {s.error}")
