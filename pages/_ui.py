@@ -40,6 +40,10 @@ from certcore.views.interactive import SampledCounts
 
 log = logging.getLogger("certcore.app")
 CERTIFY_LAST = "certify.last"  # session key of the Certify page's result on display (a Shown)
+BOUNDS_MODES = {  # the Bounds choice of the Certify and What-if pages: a certificate's ``bounds`` in words
+    "anytime": "Anytime (valid whenever you stop)",
+    "simuem": "Fixed n (SimuEM, the paper's method)",
+}
 
 HELP = {
     "e": "e: pixels kept in each ablated copy (Section 2.1). The rest are ablated. Smaller e: larger radius but a "

@@ -48,7 +48,6 @@ LINK = "certify.link"          # the opening link's checked values (a LinkValues
 REACHED = "certify.reached"    # the last run stopped by itself at its target radius
 OWNER = "certify.owner"        # this session's name in the shared sampling queue
 URL_KEYS = ("dataset", "checkpoint", "image", "e", "k", "n", "alpha", "seed", "bounds")
-MODES = {"anytime": "Anytime (valid whenever you stop)", "simuem": "Fixed n (SimuEM, the paper's method)"}
 MODE_HELP = (
     "Anytime (the default): the counts, bounds and radius are shown live while sampling, and Stop, at any moment "
     "and for any reason, gives a valid certificate: its bounds (a confidence sequence, certcore.math.anytime) hold "
@@ -186,8 +185,8 @@ def parameter_form(dataset: str, info: CheckpointInfo | None,
                                      help=ui.HELP["alpha"]),
             "seed": st.number_input("seed", min_value=0, max_value=MAX_SEED, value=base["seed"], step=1,
                                     key="seed", help=ui.HELP["seed"]),
-            "bounds": st.radio("Bounds", list(MODES), index=list(MODES).index(base["bounds"]),
-                               format_func=MODES.get, key="bounds", help=MODE_HELP),
+            "bounds": st.radio("Bounds", list(ui.BOUNDS_MODES), index=list(ui.BOUNDS_MODES).index(base["bounds"]),
+                               format_func=ui.BOUNDS_MODES.get, key="bounds", help=MODE_HELP),
             "target": st.number_input("Anytime: stop by itself at radius (0: sample all n)", min_value=0,
                                       value=0, step=1, key="target",
                                       help="Anytime mode only: sampling ends as soon as the true label (or, for an "
@@ -355,7 +354,7 @@ def take_link() -> LinkValues:
         "dataset": list(DATASETS),
         "checkpoint": [c.name for c in ui.checkpoints() if c.metadata.get("dataset") == dataset],
         "image": [s.id for s in ui.samples(dataset)],
-        "bounds": list(MODES),
+        "bounds": list(ui.BOUNDS_MODES),
     }
     link = read_link(query, choices, N_MAX)
     for key, value in link.values.items():

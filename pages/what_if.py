@@ -29,7 +29,9 @@ PRESETS = {"CIFAR10": ("cifar10", 1024, 50), "ImageNet": ("imagenet", 50176, 100
 
 def _load_from_certify() -> None:
     shown = st.session_state[ui.CERTIFY_LAST]
-    st.session_state["wi-loaded"] = (shown.context["dataset"], shown.sampled.counts, shown.sampled.label)
+    st.session_state["wi-loaded"] = (shown.context["dataset"], shown.sampled.counts, shown.sampled.label,
+                                     shown.sampled.bounds)
+    st.session_state["wi-bounds"] = shown.sampled.bounds  # the bounds that validly certify these counts
     st.session_state["wi-preset"] = "CIFAR10" if shown.context["dataset"] == "cifar10" else "ImageNet"
     st.session_state["wi-version"] = st.session_state.get("wi-version", 0) + 1
     st.session_state["wi-n"] = None  # the counts as sampled, not rescaled
@@ -79,16 +81,17 @@ def counts_editor(names: list[str]) -> np.ndarray:
 
 
 def counts_mode(preset: str, d: int, names: list[str]) -> None:
-    """Editable counts, then their certificate and sweeps (a fragment: e, k, alpha, n and the label rerun only it)."""
+    """Editable counts, then their certificate and sweeps (a fragment: e, k, alpha, n, the bounds and the label
+    rerun only it)."""
     left, right = st.columns([1, 1.3], gap="large")
     with left:
         if ui.CERTIFY_LAST in st.session_state:
             st.button("Use the counts of the last certificate (Certify page)", on_click=_load_from_certify,
                       icon=":material/input:")
         counts = counts_editor(names)
-    right.markdown("Edit any count n_j in the table (the certificate below follows), or change e, k, alpha, n and "
-                   "the true label below: the bounds (Eq. 8), the Eq. 6 curves and the radius update, then the "
-                   "four sweeps.")
+    right.markdown("Edit any count n_j in the table (the certificate below follows), or change e, k, alpha, n, "
+                   "the bounds and the true label below: the bounds (Eq. 8 or anytime), the Eq. 6 curves and the "
+                   "radius update, then the four sweeps.")
     if counts.sum() <= 0:
         st.error("All counts are zero: enter at least one positive count.")
         return
@@ -98,8 +101,9 @@ def counts_mode(preset: str, d: int, names: list[str]) -> None:
 @st.fragment
 @ui.shielded
 def certificate_view(typed: np.ndarray, preset: str, d: int, names: list[str]) -> None:
-    """e, k, alpha, n and the true label, then the certificate of the counts and the four sweeps. A fragment:
-    changing one of these reruns only this part of the page, not the settings and the counts table above it."""
+    """e, k, alpha, n, the bounds and the true label, then the certificate of the counts and the four sweeps (all
+    with those bounds). A fragment: changing one of these reruns only this part of the page, not the settings and
+    the counts table above it."""
     loaded = st.session_state.get("wi-loaded")
     true_default = loaded[2] if loaded is not None and loaded[2] is not None and loaded[2] < len(names) else None
     a, b, c, f, g = st.columns([2, 1, 1, 1, 1])
@@ -115,30 +119,50 @@ def certificate_view(typed: np.ndarray, preset: str, d: int, names: list[str]) -
     n = g.number_input("n: rescale counts to", min_value=1, value=None, step=1000, key="wi-n",
                        placeholder=f"{int(typed.sum()):,}", help=ui.HELP["n"] + " Empty: the counts as typed; "
                        "a number: the same frequencies observed in n samples.")
+    bounds = bounds_input(loaded, typed)
     counts = typed if n is None else scale_counts(typed, n)
     problems = parameter_problems(d=d, e=e, k=k, n=int(counts.sum()), alpha=alpha, num_classes=len(names))
     if problems:
         for problem in problems:
             st.error(problem)
         return
-    cert = certificate_from_counts(counts, d=d, e=e, k=k, alpha=alpha, label=label)
+    cert = certificate_from_counts(counts, d=d, e=e, k=k, alpha=alpha, label=label, bounds=bounds)
     ui.show_certificate(cert, names, key="what-if", context={"source": "what-if", "d": d, "e": e})
-    sweeps(counts, label, d, e, k, alpha, len(names))
+    sweeps(counts, label, d, e, k, alpha, len(names), bounds)
 
 
-def sweeps(counts: np.ndarray, label: int, d: int, e: int, k: int, alpha: float, num_classes: int) -> None:
-    """Radius of the true label vs k, e, n and alpha on these counts (the shape of the paper's Figures 1-4)."""
+def bounds_input(loaded: tuple | None, typed: np.ndarray) -> str:
+    """The bounds that certify the counts: by default SimuEM for typed counts, the last certificate's bounds while
+    its counts (loaded by ``_load_from_certify``) are in the table; says so when those are an anytime run's."""
+    loaded_bounds = loaded[3] if loaded is not None and np.array_equal(typed, loaded[1]) else None
+    bounds = st.radio("Bounds", list(ui.BOUNDS_MODES), index=list(ui.BOUNDS_MODES).index(loaded_bounds or "simuem"),
+                      format_func=ui.BOUNDS_MODES.get, key="wi-bounds", horizontal=True,
+                      help="Which bounds certify the counts. Fixed n: the paper's SimuEM bounds (Eq. 8), valid only "
+                           "for an n chosen before sampling. Anytime: a confidence sequence (certcore.math.anytime), "
+                           "valid whenever sampling stops, however that moment was chosen; slightly wider, so the "
+                           "radius can be a little smaller. Counts rescaled to another n are hypothetical with either.")
+    if loaded_bounds == "anytime":
+        note = st.caption if bounds == "anytime" else st.warning
+        note("These counts come from an anytime run of the Certify page, whose n was decided while watching: "
+             "anytime bounds certify them; fixed-n SimuEM bounds are not valid for them.")
+    return bounds
+
+
+def sweeps(counts: np.ndarray, label: int, d: int, e: int, k: int, alpha: float, num_classes: int,
+           bounds: str) -> None:
+    """Radius of the true label vs k, e, n and alpha on these counts (the shape of the paper's Figures 1-4),
+    certified with ``bounds`` like the certificate above them."""
     st.subheader("Sweeps: the radius of the true label as one parameter moves")
     n = int(counts.sum())
     grid = default_grids(d, e, n, num_classes, k, alpha)
     a, b = st.columns(2)
-    a.plotly_chart(sweep_figure(_cached(radius_vs_k)(counts, label, d, e, alpha, grid["k"]), k,
+    a.plotly_chart(sweep_figure(_cached(radius_vs_k)(counts, label, d, e, alpha, grid["k"], bounds), k,
                                 "vs k (Figure 1): larger k, larger radius"), key="sweep-k")
-    b.plotly_chart(sweep_figure(_cached(radius_vs_e)(counts, label, d, k, alpha, grid["e"]), e,
+    b.plotly_chart(sweep_figure(_cached(radius_vs_e)(counts, label, d, k, alpha, grid["e"], bounds), e,
                                 "vs e (Figure 2), same counts", log_x=True), key="sweep-e")
-    a.plotly_chart(sweep_figure(_cached(radius_vs_n)(counts, label, d, e, k, alpha, grid["n"]), n,
+    a.plotly_chart(sweep_figure(_cached(radius_vs_n)(counts, label, d, e, k, alpha, grid["n"], bounds), n,
                                 "vs n (Figure 3), same frequencies", log_x=True), key="sweep-n")
-    b.plotly_chart(sweep_figure(_cached(radius_vs_alpha)(counts, label, d, e, k, grid["alpha"]), alpha,
+    b.plotly_chart(sweep_figure(_cached(radius_vs_alpha)(counts, label, d, e, k, grid["alpha"], bounds), alpha,
                                 "vs alpha (Figure 4)", log_x=True), key="sweep-alpha")
     st.caption("The e sweep keeps the counts fixed, so it shows what the certificate alone does with e; with a "
                "real base classifier the counts change too (fewer kept pixels, less accurate votes), which is the "

@@ -64,8 +64,9 @@ def test_a_tiny_imagenet_run_and_what_if_from_its_counts(imagenet_checkpoint, sa
     at.switch_page("pages/what_if.py").run()
     at.button[0].click().run()  # "Use the counts of the last certificate"
     assert_clean(at)
-    dataset, counts, label = at.session_state["wi-loaded"]
+    dataset, counts, label, bounds = at.session_state["wi-loaded"]
     assert (dataset, len(counts), sum(counts), label) == ("imagenet", 1000, 40, 120)  # 1,000 labels, the crab's
+    assert bounds == at.radio(key="wi-bounds").value == "anytime"  # certified as sampled: the Certify default
     assert at.session_state["wi-preset"] == "ImageNet"
     assert at.number_input(key="wi-d-ImageNet").value == 50_176 and at.number_input(key="wi-e-ImageNet").value == 1000
     assert "fiddler crab" in texts(at)  # the reading names the loaded true label

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
+from certcore.engine.certificate import SamplingRun, certificate_from_counts
 from certcore.math.radius import certify_counts
 from certcore.models.checkpoints import checkpoint_sha256
 from certcore.views.default_result import DEFAULT_CHECKPOINT, DEFAULT_NAME, checkpoint_dir, results_dir
+from certcore.views.interactive import SampledCounts
+from pages import _ui as ui
 from tests.app_helpers import app_env, assert_clean, chart, open_page, texts, trace_names  # noqa: F401 - app_env: a fixture
 from tests.test_results import COUNTS, make_record, write_records
 
@@ -110,6 +114,40 @@ def test_what_if_takes_the_counts_of_the_last_certificate():
     assert_clean(at)
     assert at.dataframe[0].value["count"].tolist() == list(sampled.counts)
     assert at.selectbox(key="wi-label").value == sampled.label
+    assert at.radio(key="wi-bounds").value == sampled.bounds == "anytime"  # the Certify page's default bounds
+
+
+def test_what_if_certifies_the_counts_of_an_anytime_certificate_with_anytime_bounds():
+    """Counts of an anytime run (n decided while watching) load with anytime bounds: the radius shown and the
+    four sweeps' current points are certificate_from_counts(..., bounds="anytime")'s (8 here, SimuEM's 9)."""
+    counts, label, k, alpha = (150, 20, 15, 10, 5, 0, 0, 0, 0, 0), 0, 3, 0.001
+    run = SamplingRun(seed=0, device="cpu", batch_size=100, seconds=1.0, samples_per_second=200.0,
+                      torch_version=torch.__version__)
+    sampled = SampledCounts(counts, n=1000, d=1024, e=50, label=label, run=run, partial=True, bounds="anytime")
+    at = open_page("pages/what_if.py")
+    assert at.radio(key="wi-bounds").value == "simuem"  # typed counts: the paper's fixed-n bounds
+    at.session_state[ui.CERTIFY_LAST] = ui.Shown("test", sampled, torch.zeros(3, 32, 32), {"dataset": "cifar10"},
+                                                 "partial")
+    at.run()
+    at.button[0].click().run()  # "Use the counts of the last certificate"
+    assert_clean(at)
+    assert at.dataframe[0].value["count"].tolist() == list(counts)
+    assert at.radio(key="wi-bounds").value == "anytime"
+    assert "come from an anytime run" in texts(at)
+
+    def shown_radii() -> list[int]:
+        """The radius in the certificate's table, then the current point of each of the four sweeps."""
+        table = at.dataframe[1].value
+        radius = int(table[f"certified radius, top-{k} (Thm 1)"][0].split()[0])  # "8 pixels"
+        return [radius] + [chart(at, i)["data"][1]["y"][0] for i in range(2, 6)]
+
+    expected = {b: certificate_from_counts(counts, d=1024, e=50, k=k, alpha=alpha, label=label, bounds=b)
+                .radius_of(label) for b in ("anytime", "simuem")}
+    assert expected["anytime"] < expected["simuem"]  # the two kinds of bounds can be told apart here
+    assert shown_radii() == [expected["anytime"]] * 5
+    at.radio(key="wi-bounds").set_value("simuem").run()  # a what-if, no longer valid for these counts: warned
+    assert not at.exception and "fixed-n SimuEM bounds are not valid for them" in at.warning[0].value
+    assert shown_radii() == [expected["simuem"]] * 5
 
 
 def test_accuracy_page_shows_an_imagenet_run_against_table_2():
