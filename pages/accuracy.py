@@ -8,21 +8,24 @@ import streamlit as st
 
 from certcore.engine.sampling import default_batch_size
 from certcore.evaluation.evaluate import EvaluationError, open_image_source
+from certcore.evaluation.paper import PAPER_SETTINGS
 from certcore.evaluation.plots import accuracy_runs_figure
 from certcore.evaluation.results import ResultsError, list_result_files, read_results
 from certcore.evaluation.summarize import summary_data
+from certcore.models.data import EVALUATION_SIZE, INPUT_GEOMETRY
 from certcore.views.default_result import (
-    DEFAULT_CHECKPOINT,
-    DEFAULT_NAME,
+    app_defaults,
     default_checkpoint_first,
     default_run,
+    evaluate_command,
     results_dir,
 )
 from certcore.views.interactive import ProgressReporter, evaluate_images
 from pages import _ui as ui
 
-EVALUATE_COMMAND = (f"python -m certcore.evaluate --dataset cifar10 --checkpoint checkpoints/{DEFAULT_CHECKPOINT} "
-                    f"\\\n    --n 100000 --alpha 0.001 --k 1 2 3 --out results/{DEFAULT_NAME}.jsonl")
+NAMES = {"cifar10": "CIFAR10", "imagenet": "ImageNet"}
+CPU_N = {dataset: app_defaults(dataset)["n"] for dataset in NAMES}  # the Certify page's n, sized for a CPU
+PIXELS = {dataset: INPUT_GEOMETRY[dataset][1] ** 2 for dataset in NAMES}  # d: the side of the model's crop, squared
 FILES = "acc-files"
 NEW_FILE = "acc-new-file"  # a live run's file, to select on the next run
 
@@ -68,10 +71,11 @@ def curves(files: list[Path]) -> None:
         hide_index=True, column_config={f"r={r}": st.column_config.NumberColumn(format="%.3f")
                                         for r in range(r_max + 1)},
     )
+    paper = " and ".join(f"{s.model} on {NAMES[s.dataset]} with e = {s.e:,}, n = {s.n:,}, {s.num_images} images"
+                         for s in PAPER_SETTINGS.values())
     st.caption("Certified top-k accuracy at r: the fraction of test images whose true label provably stays in the "
                "top k when any r pixels change (radius >= r, confidence 1 - alpha per image). Dashed: the paper's "
-               "own numbers (ResNet-110 / ResNet-50, n = 100,000, 500 images), which a small model or run will not "
-               "reach.")
+               f"own numbers ({paper}), which a small model or run will not reach.")
 
 
 def live_run() -> None:
@@ -83,10 +87,17 @@ def live_run() -> None:
     with st.form("acc-live"):
         a, b, c = st.columns(3)
         name = a.selectbox("Checkpoint", default_checkpoint_first(i.name for i in infos), key="acc-ckpt",
-                           help="The base classifier f; e is the one it was trained with.")
+                           help="The base classifier f, a CIFAR10 or an ImageNet one; the run certifies its dataset's "
+                                "images with the e it was trained with (d = "
+                                + ", ".join(f"{PIXELS[ds]:,} pixels on {shown}" for ds, shown in NAMES.items()) + ").")
         images = b.number_input("Test images", 1, 50, 5, key="acc-images",
-                                help="The first images of the evaluation set (CIFAR10: test images 0, 2, 4, ...).")
-        n = c.number_input("n per image", 1, 1_000_000, 1000, step=1000, key="acc-n", help=ui.HELP["n"])
+                                help="The first images of the checkpoint's evaluation set: on CIFAR10 the test images "
+                                     f"0, 2, 4, ... (the {EVALUATION_SIZE} even indices up to "
+                                     f"{2 * EVALUATION_SIZE - 2}), on ImageNet the bundled samples "
+                                     "(certcore/samples/imagenet).")
+        n = c.number_input("n per image", 1, 1_000_000, 1000, step=1000, key="acc-n",
+                           help=ui.HELP["n"] + " The Certify page's n for a CPU: " + ", ".join(
+                               f"{CPU_N[ds]:,} on {shown}" for ds, shown in NAMES.items()) + ".")
         alpha = a.number_input("alpha", 1e-12, 0.5, 0.001, step=0.001, format="%g", key="acc-live-alpha",
                                help=ui.HELP["alpha"])
         seed = b.number_input("seed", 0, 2**53 - 1, 0, key="acc-seed", help=ui.HELP["seed"])
@@ -128,9 +139,13 @@ def body() -> None:
     if files:
         curves(files)
     else:
-        st.info(f"No results files in `{results_dir()}` yet. Compute the paper's setting with the command below "
-                "(hours on a CPU, minutes on a GPU), or run a small evaluation now.")
-        st.code(EVALUATE_COMMAND, language="bash")
+        paper_n = PAPER_SETTINGS["cifar10"].n
+        st.info(f"No results files in `{results_dir()}` yet. Compute one with a command below, or run a small "
+                f"evaluation now. CIFAR10 at the paper's n = {paper_n:,} takes hours on a CPU, minutes on a GPU; "
+                f"the ImageNet classifier is far slower per sample, so its command uses n = {CPU_N['imagenet']:,} "
+                "(the Certify page's CPU default).")
+        st.code(evaluate_command("cifar10", paper_n), language="bash")
+        st.code(evaluate_command("imagenet", CPU_N["imagenet"]), language="bash")
     st.subheader("Run a small evaluation now")
     live_run()
 

@@ -8,7 +8,13 @@ import torch
 from certcore.engine.certificate import SamplingRun, certificate_from_counts
 from certcore.math.radius import certify_counts
 from certcore.models.checkpoints import checkpoint_sha256
-from certcore.views.default_result import DEFAULT_CHECKPOINT, DEFAULT_NAME, checkpoint_dir, results_dir
+from certcore.views.default_result import (
+    DEFAULT_CHECKPOINT,
+    DEFAULT_NAME,
+    checkpoint_dir,
+    evaluate_command,
+    results_dir,
+)
 from certcore.views.interactive import SampledCounts
 from pages import _ui as ui
 from tests.app_helpers import app_env, assert_clean, chart, open_page, texts, trace_names  # noqa: F401 - app_env: a fixture
@@ -57,6 +63,8 @@ def test_accuracy_page_without_results_explains_and_runs_live(shared_data):
     at = open_page("pages/accuracy.py")
     assert_clean(at)
     assert "No results files" in texts(at) and "python -m certcore.evaluate" in at.code[0].value
+    assert [evaluate_command(d, n) for d, n in (("cifar10", 100_000), ("imagenet", 1000))] == [c.value for c in at.code]
+    assert "on ImageNet the bundled samples" in at.number_input(key="acc-images").help  # not only CIFAR10's images
     at.number_input(key="acc-images").set_value(2)
     at.number_input(key="acc-n").set_value(100)
     at.button(key="FormSubmitter:acc-live-Evaluate").click().run()

@@ -4,6 +4,7 @@ and clear errors. Kept light: a ResNet-20 with n = 100 samples on 4 images, one 
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from certcore.math.radius import certify_counts
 from certcore.models.architectures import build_model
 from certcore.models.checkpoints import save_checkpoint
 from certcore.models.data import bundled_samples, class_names
+from certcore.views.default_result import STORED, evaluate_command
 from tests.data_helpers import bundled_cifar10_arrays, write_torchvision_cifar_root
 
 REPO = Path(__file__).resolve().parents[1]
@@ -240,3 +242,16 @@ def test_corrupt_middle_line_is_refused(world: dict[str, Path], reference: Path,
     out.write_bytes(lines[0] + lines[1][:40] + b"\n" + b"".join(lines[2:]))
     with pytest.raises(SystemExit, match=r"corrupt.jsonl:2: corrupt line"):
         main(cli_args(world, out))
+
+
+@pytest.mark.parametrize(("dataset", "n"), [("cifar10", 100_000), ("imagenet", 1000)])
+def test_the_accuracy_pages_commands_are_evaluate_runs_of_the_default_checkpoints(dataset: str, n: int) -> None:
+    """What the Certified accuracy page shows without results: a valid command line for each dataset."""
+    argv = shlex.split(evaluate_command(dataset, n).replace("\\\n", " "))
+    assert argv[:3] == ["python", "-m", "certcore.evaluate"]
+    args = evaluate.parse_args(argv[3:])
+    stem = Path(STORED[dataset].checkpoint).stem
+    assert (args.dataset, args.checkpoint, args.n, args.k, args.alpha, args.out) == (
+        dataset, f"checkpoints/{stem}.pt", n, [1, 2, 3], 0.001, f"results/{stem}_n{n}.jsonl")
+    with pytest.raises(ValueError, match="dataset must be one of cifar10, imagenet; got 'mnist'"):
+        evaluate_command("mnist", n)

@@ -68,6 +68,22 @@ def app_defaults(dataset: str) -> dict[str, int | float | str]:
     return {**APP_DEFAULTS, "n": STORED[dataset].n}
 
 
+def evaluate_command(dataset: str, n: int) -> str:
+    """The shell command that certifies ``dataset``'s evaluation images (``certcore.evaluate``'s default: CIFAR10
+    test images 0, 2, ..., 998; ImageNet the bundled samples) with its default checkpoint (``STORED``) at ``n``
+    samples per image, the app's alpha and k = 1, 2, 3, into ``results/<checkpoint>_n<n>.jsonl``.
+
+    >>> print(evaluate_command("imagenet", 1000))
+    python -m certcore.evaluate --dataset imagenet --checkpoint checkpoints/imagenet_effnetlite0_e1000.pt \\
+        --n 1000 --alpha 0.001 --k 1 2 3 --out results/imagenet_effnetlite0_e1000_n1000.jsonl
+    """
+    if dataset not in STORED:
+        raise ValueError(f"dataset must be one of {', '.join(STORED)}; got {dataset!r}")
+    checkpoint = STORED[dataset].checkpoint
+    return (f"python -m certcore.evaluate --dataset {dataset} --checkpoint checkpoints/{checkpoint} \\\n"
+            f"    --n {n} --alpha {APP_DEFAULTS['alpha']:g} --k 1 2 3 --out results/{Path(checkpoint).stem}_n{n}.jsonl")
+
+
 def default_checkpoint_first(names: Iterable[str]) -> list[str]:
     """Checkpoint names (file names without ``.pt``) with a default checkpoint's (``STORED``) first, the others in
     their order: what a checkpoint picker preselects, whatever other files sort before it."""
