@@ -7,17 +7,17 @@ with its own seed (so that no session is served another's cached counts), n samp
 certificate; its JSON download is then parsed. Checked: no error on any page, every certificate equal to the one
 the same request gets alone (the same counts sampled in this process by ``sample_counts`` with the model compiled
 as the app compiles it, certified with the same bounds), and aggregate samples/s = sessions x n / (last finish -
-first click) against one session alone, timed the same way (after a warm-up run that loads and compiles the
-model). The server's CPU seconds over each phase give its samples per CPU-second too.
+first click) against one session alone, timed the same way (the median of ``--alone`` runs, after a warm-up run that
+loads and compiles the model). The server's CPU seconds over each phase give its samples per CPU-second too.
 
 The browsers run on the same cores as the server, where visitors' browsers run on the visitors' own machines and
 take no CPU from the server. ``--browsers low`` emulates that: Chromium (all its processes and threads) at the
 lowest CPU priority (the SCHED_IDLE policy, ``bench.app_browser.idle_priority_chromium``), so the browsers only get
-CPU the server does not want; ``normal`` runs them at the
-server's priority, taking their share of the cores; ``both`` (the default) measures the two one after the other on
-the same server, each variant with its own alone and crowd phase. Everything is bounded by ``--timeout``.
+CPU the server does not want; ``normal`` runs them at the server's priority, taking their share of the cores;
+``both`` (the default) measures the two one after the other on the same server, each variant with its own alone and
+crowd phase. Everything is bounded by ``--timeout``.
 
-    python bench/bench_load_sessions.py [--sessions 8] [--n 10000] [--bounds anytime] [--browsers both]
+    python bench/bench_load_sessions.py [--sessions 8] [--n 10000] [--bounds anytime] [--browsers both] [--alone 3]
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -117,16 +118,17 @@ async def run_sessions(url: str, sessions: list[Session], args: argparse.Namespa
 
 def alone_and_crowd(url: str, pid: int, args: argparse.Namespace, image_id: str, executable: Path,
                     first_seed: int) -> tuple[list[Session], list[Session]]:
-    """One session alone, then ``args.sessions`` at once, all in browsers started from ``executable``; prints the
-    aggregate samples/s and the server's samples per CPU-second of each, and their ratios. Seeds from
-    ``first_seed`` on, none sampled before (no cached counts)."""
-    alone = [Session(seed=first_seed)]
+    """One session alone (``args.alone`` times, one after the other: the median rate), then ``args.sessions`` at
+    once, all in browsers started from ``executable``; prints the aggregate samples/s and the server's samples per
+    CPU-second of each, and their ratios. Seeds from ``first_seed`` on, none sampled before (no cached counts)."""
+    alone = [Session(seed=first_seed + i) for i in range(args.alone)]
     cpu = cpu_seconds(pid)
-    alone_rate = asyncio.run(run_sessions(url, alone, args, image_id, executable))
-    alone_cpu = args.n / (cpu_seconds(pid) - cpu)
-    print(f"  one session alone: {alone_rate:,.0f} samples/s, {alone_cpu:,.0f} per server CPU-second · "
-          f"load {load()}")
-    crowd = [Session(seed=first_seed + 1 + i) for i in range(args.sessions)]
+    rates = [asyncio.run(run_sessions(url, [s], args, image_id, executable)) for s in alone]
+    alone_rate = statistics.median(rates)
+    alone_cpu = len(alone) * args.n / (cpu_seconds(pid) - cpu)
+    print(f"  one session alone: {alone_rate:,.0f} samples/s (median of {', '.join(f'{r:,.0f}' for r in rates)}), "
+          f"{alone_cpu:,.0f} per server CPU-second · load {load()}")
+    crowd = [Session(seed=first_seed + args.alone + i) for i in range(args.sessions)]
     cpu = cpu_seconds(pid)
     crowd_rate = asyncio.run(run_sessions(url, crowd, args, image_id, executable))
     crowd_cpu = len(crowd) * args.n / (cpu_seconds(pid) - cpu)
@@ -142,6 +144,7 @@ def main() -> None:
     parser.add_argument("--bounds", choices=["anytime", "simuem"], default="anytime")
     parser.add_argument("--browsers", choices=["low", "normal", "both"], default="both",
                         help="the browsers' CPU priority: low (SCHED_IDLE), normal (the server's), both (low first)")
+    parser.add_argument("--alone", type=int, default=3, help="runs of one session alone (the median is used)")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds any one wait may take")
     args = parser.parse_args()
     image_id = load_default().image
