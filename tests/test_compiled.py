@@ -12,12 +12,20 @@ import torch
 import torch._dynamo
 
 from certcore.engine import compiled as compiled_module
-from certcore.engine.compiled import CompiledClassifier, CompileWarning, compile_for_cpu
+from certcore.engine.ablation import encode_ablated
+from certcore.engine.compiled import (
+    CompiledClassifier,
+    CompileWarning,
+    FusedAblationClassifier,
+    compile_for_cpu,
+    compile_for_cuda,
+    whole_batches,
+)
 from certcore.engine.sampling import num_classes_of, sample_counts
 from certcore.models.checkpoints import load_checkpoint
 from certcore.models.data import bundled_samples
 from certcore.views.default_result import DEFAULT_CHECKPOINT
-from tests.tiny_models import PixelKeptClassifier
+from tests.tiny_models import KeptInFirstRowClassifier, PixelKeptClassifier
 
 CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / DEFAULT_CHECKPOINT
 
@@ -91,3 +99,46 @@ def test_falls_back_to_the_eager_model_with_a_warning(monkeypatch: pytest.Monkey
     model = PixelKeptClassifier(row=0, col=0).eval()
     with pytest.warns(CompileWarning, match="RuntimeError: C\\+\\+ compile error\\); certifying with the eager"):
         assert compile_for_cpu(model, (3, 8, 8)) is model
+
+
+def test_whole_batches_pads_the_last_chunk_with_zeros_or_false() -> None:
+    keep = torch.ones(7, 2, 3, dtype=torch.bool)
+    chunks = whole_batches(keep, 3)
+    assert [tuple(c.shape) for c in chunks] == [(3, 2, 3)] * 3
+    assert bool(torch.cat(chunks)[:7].all()) and not bool(chunks[-1][1:].any())
+    assert [len(c) for c in whole_batches(torch.rand(6, 4), 3)] == [3, 3]  # nothing padded when it divides
+
+
+def test_fused_classifier_counts_equal_eager_with_one_graph_for_every_batch() -> None:
+    """The encoding fused into the compiled graph (the CUDA path's classifier, compiled here for the CPU):
+    exact labels of a many-label classifier, n = 250 at batch 64 (a short last batch of 58) and a sampling
+    batch size larger than the compiled one, all from the one graph."""
+    model = KeptInFirstRowClassifier().eval()
+    fused = FusedAblationClassifier(model, (6, 8, 8), 64).eval()
+    image = torch.rand(3, 8, 8)
+    want = sample_counts(model, image, 12, 250, seed=3, num_classes=10, workers=1).counts
+    assert np.count_nonzero(want) >= 3  # several labels, so a wrong mask or padding row would show
+    graph, calls = fused._compiled, []
+    fused.__dict__["_compiled"] = lambda *args: calls.append(len(args[1])) or graph(*args)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for batch_size in (64, 100):
+            got = sample_counts(fused, image, 12, 250, seed=3, batch_size=batch_size, num_classes=10, workers=1)
+            np.testing.assert_array_equal(got.counts, want)
+    assert calls == [64] * 4 + [64] * 5  # 250 = 3 x 64 + 58 padded; batches 100, 100, 50 -> 2 + 2 + 1 chunks
+    assert num_classes_of(fused, image) == 10  # the probe on encodings: the eager model
+    with torch.inference_mode():  # another image size: eager, same logits as on its encoding
+        small, keep = torch.rand(1, 3, 4, 4), torch.rand(5, 4, 4) > 0.5
+        np.testing.assert_array_equal(fused.ablated_logits(small, keep).numpy(),
+                                      model(encode_ablated(small, keep)).numpy())
+
+
+def test_compile_for_cuda_checks_its_arguments() -> None:
+    model = PixelKeptClassifier(row=0, col=0).eval()
+    with pytest.raises(ValueError, match="needs a model on cuda"):
+        compile_for_cuda(model, (3, 8, 8))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        compile_for_cuda(model, (3, 8, 8), mode="fast")
+    with pytest.raises(ValueError, match="batch_size"):
+        compile_for_cuda(model, (3, 8, 8), batch_size=0)
+    with pytest.raises(ValueError, match="eval mode"):
+        compile_for_cuda(model.train(), (3, 8, 8))

@@ -151,7 +151,7 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on CUDA (fp16 where bf16 is unsupported), nothing elsewhere (tests/test_cuda.py checks labels)."""
     if device.type != "cuda":
         return contextlib.nullcontext()
@@ -161,8 +161,26 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 def _logits(model: nn.Module, encoded: torch.Tensor, num_classes: int | None) -> torch.Tensor:
     """The model's logits for a batch of encodings, fed channels_last (faster on CPU, bench/RESULTS.md)."""
-    with _autocast(encoded.device):
+    with autocast_for(encoded.device):
         logits = model(encoded.contiguous(memory_format=torch.channels_last))
+    return _checked_logits(logits, num_classes)
+
+
+def ablated_logits(model: nn.Module, image: torch.Tensor, keep: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """The model's logits for the ablations of ``image`` (1, C, H, W) under keep masks ``keep`` (B, H, W).
+
+    A model with a method ``ablated_logits(image, keep)`` builds the encoding itself (``compile_for_cuda``'s
+    classifier fuses it into its compiled graph); any other model gets ``encode_ablated(image, keep)``.
+    """
+    fused = getattr(model, "ablated_logits", None)
+    if fused is None:
+        return _logits(model, encode_ablated(image, keep), num_classes)
+    with autocast_for(image.device):
+        return _checked_logits(fused(image, keep), num_classes)
+
+
+def _checked_logits(logits: torch.Tensor, num_classes: int | None) -> torch.Tensor:
+    """``logits`` if they have shape (batch, num_classes), else the ValueError that says what the model returned."""
     if logits.ndim != 2 or (num_classes is not None and logits.shape[1] != num_classes):
         want = f"num_classes={num_classes}" if num_classes is not None else "num_classes"
         raise ValueError(f"the model must return logits of shape (batch, {want}), got {tuple(logits.shape)}")
@@ -228,7 +246,7 @@ def count_labels(
     while start < len(keep):
         part = keep[start : start + batch_size]
         try:
-            logits = _logits(model, encode_ablated(image, part), len(counts))
+            logits = ablated_logits(model, image, part, len(counts))
         except torch.OutOfMemoryError:
             if batch_size == 1:
                 raise
@@ -249,7 +267,7 @@ def _counts_concurrently(
 
     def classify(keep: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():  # thread-local: each worker enters it itself
-            logits = _logits(model, encode_ablated(image, keep), num_classes)
+            logits = ablated_logits(model, image, keep, num_classes)
             return torch.bincount(logits.argmax(dim=1), minlength=num_classes)
 
     pool = ThreadPoolExecutor(workers, thread_name_prefix="certcore-sampling")

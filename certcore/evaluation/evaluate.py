@@ -31,8 +31,8 @@ import torch
 import torch.distributed as dist
 
 from certcore.engine.certificate import certificate_from_counts, top_k_labels
-from certcore.engine.compiled import CompiledClassifier, compile_for_cpu
-from certcore.engine.sampling import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, sample_counts
+from certcore.engine.compiled import CompiledClassifier, compile_for_cpu, compile_for_cuda
+from certcore.engine.sampling import CPU_BATCH_SIZE, CUDA_BATCH_SIZE, default_batch_size, sample_counts
 from certcore.evaluation.results import (
     FORMAT,
     IncompleteLineWarning,
@@ -328,8 +328,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process (default torch's)")
     p.add_argument("--compile", action="store_true",
-                   help="on the CPU, sample with the model compiled by certcore.engine.compiled "
-                        "(faster; recorded per image)")
+                   help="sample with the model compiled by certcore.engine.compiled (compile_for_cpu, or on "
+                        "CUDA compile_for_cuda: CUDA graphs at the one batch size; faster; recorded per image)")
     p.add_argument("--data-root", default=None, help="torchvision CIFAR-10 root or ImageNet ImageFolder root")
     p.add_argument("--shared-data", default=None,
                    help="offline data folder (default CERTCORE_SHARED_DATA or ../shared/data)")
@@ -385,8 +385,9 @@ def evaluate(args: argparse.Namespace, ranks: Ranks) -> list[Record] | None:
     source = open_image_source(args.dataset, args.data_root, args.shared_data)
     indices = select_indices(source, args.num_images, args.indices)
     first_image, _ = source.get(indices[0])
-    if args.compile and device.type == "cpu":
-        model = compile_for_cpu(model, tuple(first_image.shape), args.batch_size or CPU_BATCH_SIZE)
+    if args.compile:
+        compile_for = compile_for_cpu if device.type == "cpu" else compile_for_cuda
+        model = compile_for(model, tuple(first_image.shape), args.batch_size or default_batch_size(device))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     run: Record = {
