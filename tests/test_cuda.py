@@ -3,7 +3,8 @@
 Skipped without CUDA (CI has no GPU); bench/gpu_run.sh runs them on the lent GPU machine. On CUDA the model runs
 under bf16 autocast and masks come from a CUDA generator, so counts differ from the CPU's: these tests check that
 they are still right (mask distribution, determinism, agreement with fp32 on the CPU, out-of-memory fallback,
-concurrent sessions, the evaluation CLI).
+concurrent sessions, the evaluation CLI) and that the compiled CUDA path (``compile_for_cuda``: encoding fused, CUDA
+graphs at one batch shape) gives eager bf16's labels on the same masks, pads short batches and compiles once.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch._dynamo
 from scipy.stats import binomtest
 
 from certcore.engine.ablation import draw_keep_masks, encode_ablated
 from certcore.engine.certificate import certify
-from certcore.engine.sampling import _logits, sample_counts
+from certcore.engine.compiled import FusedAblationClassifier, compile_for_cuda
+from certcore.engine.sampling import _logits, ablated_logits, sample_counts
 from certcore.evaluation import evaluate
 from certcore.models.checkpoints import load_checkpoint
 from certcore.models.data import bundled_samples
@@ -131,3 +134,59 @@ def test_evaluate_cli_on_cuda_and_recertify_from_counts(shared_data: Path, tmp_p
     again = tmp_path / "again.jsonl"
     evaluate.main(["--from-counts", str(out), "--out", str(again)])
     assert again.read_bytes() == out.read_bytes()
+
+
+COMPILED_BATCH = 4096
+
+
+@pytest.fixture(scope="module")
+def compiled_cuda(cuda_model: tuple) -> torch.nn.Module:
+    """The default checkpoint through compile_for_cuda at batch 4096, with CUDA graphs (reduce-overhead: the
+    quicker compile; max-autotune differs only in the kernels it picks)."""
+    model, _ = cuda_model
+    fast = compile_for_cuda(model, (3, 32, 32), batch_size=COMPILED_BATCH, mode="reduce-overhead")
+    assert isinstance(fast, FusedAblationClassifier) and fast.compile_seconds > 0
+    return fast
+
+
+def test_compiled_cuda_labels_agree_with_eager_bf16_on_the_same_masks(cuda_model: tuple, compiled_cuda,
+                                                                      image: torch.Tensor) -> None:
+    """Both classifiers run in bf16; the compiled one with BatchNorm folded into bf16 weights and other kernels,
+    so only samples whose top two logits nearly tie may change label (the bound of the bf16-vs-fp32 test)."""
+    model, e = cuda_model
+    keep = draw_keep_masks(COMPILED_BATCH, 32, 32, e, torch.Generator(device="cuda").manual_seed(8), "cuda")
+    x = image.cuda().unsqueeze(0)
+    with torch.inference_mode():
+        eager_labels = ablated_logits(model, x, keep, 10).argmax(1)
+        compiled_labels = ablated_logits(compiled_cuda, x, keep, 10).argmax(1)
+    agreement = (eager_labels == compiled_labels).float().mean().item()
+    print(f"compiled vs eager bf16 label agreement: {agreement:.4f}")
+    assert agreement >= 0.98
+
+
+def test_compiled_cuda_pads_short_batches_and_keeps_each_output(cuda_model: tuple, compiled_cuda,
+                                                                image: torch.Tensor) -> None:
+    """A short batch is padded to the graph's shape: its rows equal those of the full batch bit for bit; a
+    result stays intact after the next replay (the CUDA graph's output buffer is copied out)."""
+    _, e = cuda_model
+    keep = draw_keep_masks(COMPILED_BATCH, 32, 32, e, torch.Generator(device="cuda").manual_seed(9), "cuda")
+    x = image.cuda().unsqueeze(0)
+    with torch.inference_mode(), torch._dynamo.config.patch(error_on_recompile=True):
+        full = ablated_logits(compiled_cuda, x, keep, 10)
+        kept = full.clone()
+        short = ablated_logits(compiled_cuda, x, keep[:100], 10)
+        longer = ablated_logits(compiled_cuda, x, torch.cat((keep, keep[:5])), 10)  # two chunks, one padded
+    assert short.shape == (100, 10) and torch.equal(short, full[:100])
+    assert torch.equal(full, kept) and torch.equal(longer[COMPILED_BATCH:], full[:5])
+
+
+def test_compiled_cuda_sampling_compiles_once_and_follows_eager_counts(cuda_model: tuple, compiled_cuda,
+                                                                      image: torch.Tensor) -> None:
+    """n = 10,000 at batch 4096 (a last batch of 1,808, padded) without recompiling; the same masks as eager
+    bf16 (same seed and batch size), so the counts differ by at most the near-tie labels (2% above)."""
+    model, e = cuda_model
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        got = sample_counts(compiled_cuda, image, e, 10_000, seed=7, batch_size=COMPILED_BATCH, device="cuda")
+    want = sample_counts(model, image, e, 10_000, seed=7, batch_size=COMPILED_BATCH, device="cuda")
+    assert got.counts.sum() == 10_000 and got.batch_size == COMPILED_BATCH
+    assert np.abs(got.counts - want.counts).sum() // 2 <= 200, (got.counts, want.counts)
