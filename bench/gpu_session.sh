@@ -5,18 +5,22 @@
 # training set xz-compressed (the call carries 64 MiB at most: the tracked files are 40 MiB, .devdata 18 MiB), and
 # their SHA256SUMS. Make it with
 #   bash bench/gpu_session.sh --pack
-# In BUDGET seconds it runs, all at once on the one GPU:
+# In BUDGET seconds it runs, first alone on the GPU (SAMPLING_S seconds, 0 skips it): the GPU sampling benchmark
+# (bench/bench_gpu_sampling.py, issue 18: eager fp32 / eager bf16 / compile_for_cuda per batch size, into
+# $OUT/gpu_sampling.json and .md); then, all at once on the one GPU, in what is left of BUDGET:
 #   foreground  the CUDA tests (CHECKS=0 skips them) and the GPU batch-size benchmark, then the n = 10,000 and
 #               n = 100,000 evaluations of the default checkpoint (continuing results/NAME_n10000.jsonl, ...);
 #   background  the paper's recipe: ResNet-110, e = 50, 200 epochs, constant lr 0.01 (the randomized-ablation
 #               reference's), continuing checkpoints/state/cifar10_resnet110_e50.state.pt; once finished, its
 #               n = 100,000 evaluation. Stopped when the budget ends and exported as an unfinished snapshot.
 # Everything resumes, so whatever the budget cuts off continues in a later call: copy the files that come back into
-# results/ and checkpoints/ (state/ for the state). At most 8 files come back: checkpoint, state, results and
-# logs.tar.gz with every log. On 2026-11-26 an earlier version of this script (see git log) also finished the
-# distilled ResNet-20's training. A CPU dry run:
-#   DEVICE=cpu BUDGET=150 NUM_IMAGES=9 EXTRA_TRAIN="--train-limit 512 --val-size 64" OUT=/tmp/out \
+# results/ and checkpoints/ (state/ for the state). At most 8 files come back: checkpoint, state, three results,
+# gpu_sampling.json and .md (figures for bench/RESULTS.md), and logs.tar.gz with every log. On 2026-11-26 an earlier
+# version of this script (see git log) also finished the distilled ResNet-20's training. A CPU dry run:
+#   DEVICE=cpu BUDGET=150 NUM_IMAGES=9 EXTRA_TRAIN="--train-limit 512 --val-size 64" SAMPLING_S=0 OUT=/tmp/out \
 #   bash bench/gpu_session.sh
+# and the benchmark's part of it alone (about a minute on 2 CPU cores):
+#   python bench/bench_gpu_sampling.py --device cpu --tiny --out /tmp/out
 set -u
 REPO=$(pwd)
 if [ "${1:-}" = --pack ]; then
@@ -35,6 +39,8 @@ BUDGET=${BUDGET:-390}            # seconds after the start at which the backgrou
 NUM_IMAGES=${NUM_IMAGES:-500}
 BATCH=${BATCH:-10000}            # ablated samples per forward pass in the evaluations
 EXTRA_TRAIN=${EXTRA_TRAIN:-}     # extra options for the ResNet-110 run (dry runs)
+SAMPLING_S=${SAMPLING_S:-150}    # seconds of BUDGET for the sampling benchmark, before anything else uses the GPU
+SAMPLING_EXTRA=${SAMPLING_EXTRA:-} # extra options for it (--tiny on a CPU)
 W=/tmp/gpu_session
 rm -rf $W && mkdir -p $W "$OUT"
 START=$SECONDS
@@ -58,6 +64,12 @@ shutil.copy(".devdata/cifar10_test_first1000_lossless.npz", f"{dst}/cifar10/")
 EOF
 (cd $CERTCORE_SHARED_DATA && sha256sum -c "$REPO/.devdata/SHA256SUMS") >>$W/session.log 2>&1 || log "DATA CHECK FAILED"
 log "data unpacked"
+
+if [ "$SAMPLING_S" -gt 0 ]; then # no measurement starts in its last 60 s; timeout ends one that runs over
+  timeout "$SAMPLING_S" python3 bench/bench_gpu_sampling.py --device "$DEVICE" --out "$OUT" \
+    --budget $((SAMPLING_S > 60 ? SAMPLING_S - 60 : 0)) $SAMPLING_EXTRA >$W/bench_gpu_sampling.log 2>&1
+  log "GPU sampling benchmark: exit $?"
+fi
 
 evaluate() { # seconds checkpoint n out
   timeout "$1" python3 -m certcore.evaluate --dataset cifar10 --checkpoint "$2" --num-images "$NUM_IMAGES" \
