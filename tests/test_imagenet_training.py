@@ -110,3 +110,29 @@ def test_mixing_options_need_pure_distillation(option: list[str], capsys: pytest
     assert "need --distill-weight 1" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         imagenet_training.parse_args(["--mixup", "1.5"])
+
+
+def test_train_stages_keeps_the_rest_pretrained_and_feature_loss_trains(fake_root: Path, tmp_path: Path) -> None:
+    run(fake_root, tmp_path, "staged", "--train-stages", "2", "--feature-weight", "1", "--stop-at-step", "2")
+    trained = torch.load(tmp_path / "staged.state.pt", weights_only=True)["model"]
+    start = imagenet_training.build_imagenet_model("effnetlite0", pretrained=True).state_dict()
+    changed = {k for k, v in start.items() if not torch.equal(v, trained[k])}
+    assert changed and all(k.startswith(("net.conv_stem", "net.bn1", "net.blocks.0.", "net.blocks.1.")) for k in changed)
+    assert any(k.startswith("net.blocks.1.") and k.endswith("weight") for k in changed)  # the feature loss reached it
+
+
+def test_staged_model_splits_forward_and_keeps_frozen_batchnorm_in_eval_mode() -> None:
+    model = imagenet_training.build_imagenet_model("effnetlite0").eval()
+    x = torch.rand(2, 6, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model.logits_from(model.features(x, 3), 3), model(x), atol=1e-5)
+    model.freeze_after(3)
+    model.train()
+    assert model.net.blocks[2].training and not model.net.blocks[3].training and not model.net.bn2.training
+    assert not any(p.requires_grad for p in model.net.classifier.parameters())
+
+
+def test_feature_weight_needs_a_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        imagenet_training.parse_args(["--feature-weight", "1"])
+    assert "--feature-weight needs --train-stages" in capsys.readouterr().err

@@ -143,6 +143,34 @@ class ImageNetAblationClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(self.rescale(self.fill(x)))
 
+    def features(self, x: torch.Tensor, stages: int) -> torch.Tensor:
+        """The feature map after the stem and the first ``stages`` stages of the network (``forward``'s first part)."""
+        return early_stages(self.net, self.rescale(self.fill(x)), stages)
+
+    def logits_from(self, h: torch.Tensor, stages: int) -> torch.Tensor:
+        """``forward``'s second part: the logits from ``features(x, stages)``."""
+        net = self.net
+        return net.forward_head(net.bn2(net.conv_head(net.blocks[stages:](h))))
+
+    def freeze_after(self, stages: int) -> None:
+        """Keep everything after the first ``stages`` stages as pretrained: no gradients, and BatchNorm on its stored
+        statistics even in training mode, so that only the stem and those stages learn to read ablated images."""
+        self.frozen = [self.net.blocks[stages:], self.net.conv_head, self.net.bn2, self.net.classifier]
+        for module in self.frozen:
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> ImageNetAblationClassifier:
+        super().train(mode)
+        for module in getattr(self, "frozen", ()):
+            module.train(False)
+        return self
+
+
+def early_stages(net: nn.Module, x: torch.Tensor, stages: int) -> torch.Tensor:
+    """A timm EfficientNet's stem and first ``stages`` stages on (scaled) images ``x``."""
+    return net.blocks[:stages](net.bn1(net.conv_stem(x)))
+
 
 def build_imagenet_model(arch: str, pretrained: bool = False) -> ImageNetAblationClassifier:
     """The ImageNet base classifier ``arch`` (a key of FRONT_ENDS), with the pretrained weights if ``pretrained``."""

@@ -10,7 +10,12 @@ match the teacher's softened prediction (``certcore.models.training.distillation
 student learns the teacher's function (Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and
 consistent"): ``--mixup p`` blends a share p of the crops each with another crop of the batch (weight uniform in
 [0, 1]; teacher and student see the same blend), ``--cifar-fraction`` draws that share of each step's crops from the 50,000 CIFAR-10 training
-images of the shared data, upsampled (the teacher's soft output is the target, so they need no ImageNet label). The 100 train-pool images of classes 5, 15, ..., 995 are held out for model
+images of the shared data, upsampled (the teacher's soft output is the target, so they need no ImageNet label).
+``--train-stages s`` trains only the stem and the first s of the network's 7 stages; the rest stays the pretrained
+classifier (weights and BatchNorm statistics), so the student only learns to read ablated images, with far fewer
+weights to overfit. ``--feature-weight w`` adds a dense target there: w times the mean squared difference between the
+student's feature map after stage s and the clean network's on the clean image at the front end's internal
+resolution, relative to the latter's mean square. The 100 train-pool images of classes 5, 15, ..., 995 are held out for model
 selection; the 100 bundled evaluation samples are never touched here.
 
 Schedule: linear warm-up, then cosine decay over ``--total-steps`` to ``--min-lr-ratio`` of the peak, plus an
@@ -39,6 +44,7 @@ from typing import Any
 import timm
 import torch
 from PIL import Image
+import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms.v2 import functional as TF
@@ -60,6 +66,7 @@ from certcore.models.imagenet import (
     WEIGHTS_NOTICE,
     build_imagenet_model,
     clean_imagenet_classifier,
+    early_stages,
 )
 from certcore.models.training import (
     ENCODING,
@@ -77,8 +84,9 @@ EVAL_SEED = 20220425
 CONFIG_KEYS = (
     "arch", "e", "images_per_step", "masks_per_image", "lr", "weight_decay", "warmup_steps", "total_steps",
     "min_lr_ratio", "ema_decay", "temperature", "distill_weight", "crop_scale", "seed", "mixup", "cifar_fraction",
+    "train_stages", "feature_weight",
 )
-ADDED_LATER = {"mixup": 0.0, "cifar_fraction": 0.0}  # options of runs saved before they existed
+ADDED_LATER = {"mixup": 0.0, "cifar_fraction": 0.0, "train_stages": 0, "feature_weight": 0.0}  # options of runs saved before they existed
 
 
 @dataclass(frozen=True)
@@ -198,6 +206,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mixup", type=float, default=0.0,
                    help="probability that a crop is blended with another crop of the batch (needs --distill-weight 1)")
+    p.add_argument("--train-stages", type=int, default=0,
+                   help="train only the stem and the first S of the 7 stages, the rest stays pretrained (0: train all)")
+    p.add_argument("--feature-weight", type=float, default=0.0,
+                   help="weight of the feature-map loss after stage --train-stages (needs --train-stages)")
     p.add_argument("--cifar-fraction", type=float, default=0.0,
                    help="share of each step's crops taken from the CIFAR-10 training images (needs --distill-weight 1)")
     p.add_argument("--data-root", default=None,
@@ -231,6 +243,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--temperature must be > 0, --distill-weight in [0, 1], --crop-scale in (0, 1]")
     if not (0 <= args.mixup <= 1 and 0 <= args.cifar_fraction <= 1):
         p.error("--mixup and --cifar-fraction must be in [0, 1]")
+    if not (0 <= args.train_stages <= 7 and args.feature_weight >= 0):
+        p.error(f"--train-stages must be in [0, 7] and --feature-weight >= 0, got {args.train_stages}, "
+                f"{args.feature_weight}")
+    if args.feature_weight and not 1 <= args.train_stages < 7:
+        p.error("--feature-weight needs --train-stages in [1, 6]: the stage whose output is matched")
     if (args.mixup or args.cifar_fraction) and args.distill_weight != 1:
         p.error("--mixup and --cifar-fraction need --distill-weight 1: their images have no single true label")
     return args
@@ -249,9 +266,12 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, device: torch.device) -> None:
         self.args, self.device = args, device
         self.model = build_imagenet_model(args.arch, pretrained=True).to(device, memory_format=torch.channels_last)
+        if args.train_stages:
+            self.model.freeze_after(args.train_stages)
         self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(args.ema_decay), use_buffers=True)
         self.teacher = clean_imagenet_classifier().requires_grad_(False).to(device, memory_format=torch.channels_last)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.opt = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=args.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, args.warmup_steps, args.total_steps, args.min_lr_ratio)
         )
@@ -282,11 +302,21 @@ class Trainer:
         x, y = x.to(self.device), y.to(self.device)
         with torch.inference_mode():
             teacher_logits = self.teacher(x.contiguous(memory_format=torch.channels_last))
+            if a.feature_weight:
+                small = F.interpolate(x, size=FRONT_ENDS[a.arch][0], mode="area")
+                scaled = self.teacher[0](small).contiguous(memory_format=torch.channels_last)
+                teacher_features = early_stages(self.teacher[1], scaled, a.train_stages)
         x, y = x.repeat(a.masks_per_image, 1, 1, 1), y.repeat(a.masks_per_image)
         enc = ablate(x, a.e, self.abl).contiguous(memory_format=torch.channels_last)
-        logits = self.model(enc)
+        if a.feature_weight:
+            h = self.model.features(enc, a.train_stages)
+            logits = self.model.logits_from(h, a.train_stages)
+            target = teacher_features.repeat(a.masks_per_image, 1, 1, 1)
+            feature_loss = F.mse_loss(h, target) / target.square().mean()
+        else:
+            logits, feature_loss = self.model(enc), 0.0
         loss = distillation_loss(logits, teacher_logits.repeat(a.masks_per_image, 1), y, a.distill_weight,
-                                 a.temperature)
+                                 a.temperature) + a.feature_weight * feature_loss
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -489,7 +519,12 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                       f"snapshot at step {state['step']} of {config['total_steps']} (run unfinished)",
             "method": "distillation: teacher = clean pretrained EfficientNet-Lite0 on the augmented 224 x 224 image; "
                       "student = this model on ablations of the same image (fresh uniform e-subset per sample)",
-            "loss": "(1-w) CE(student, y) + w T^2 KL(softmax(teacher/T) || softmax(student/T))",
+            "loss": "(1-w) CE(student, y) + w T^2 KL(softmax(teacher/T) || softmax(student/T))"
+                    + (f" + {config.get('feature_weight')} MSE(student features after stage {config.get('train_stages')}"
+                       ", clean network's on the clean image at the internal resolution) / mean square of the latter"
+                       if config.get("feature_weight") else ""),
+            "trained_weights": (f"stem and stages 1-{config.get('train_stages')}; the rest as pretrained"
+                                if config.get("train_stages") else "all"),
             "optimizer": "AdamW", "schedule": "linear warm-up, cosine to min_lr_ratio at total_steps",
             "augmentation": "random resized crop 224 (area in [crop_scale, 1], aspect [3/4, 4/3]) + horizontal flip"
                             + (f"; mixup with probability {config.get('mixup')} (blend weight uniform in [0, 1])"
