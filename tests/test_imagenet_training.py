@@ -117,8 +117,9 @@ def test_train_stages_keeps_the_rest_pretrained_and_feature_loss_trains(fake_roo
     trained = torch.load(tmp_path / "staged.state.pt", weights_only=True)["model"]
     start = imagenet_training.build_imagenet_model("effnetlite0", pretrained=True).state_dict()
     changed = {k for k, v in start.items() if not torch.equal(v, trained[k])}
-    assert changed and all(k.startswith(("net.conv_stem", "net.bn1", "net.blocks.0.", "net.blocks.1.")) for k in changed)
-    assert any(k.startswith("net.blocks.1.") and k.endswith("weight") for k in changed)  # the feature loss reached it
+    trainable = ("net.conv_stem", "net.bn1", "net.blocks.0.", "net.blocks.1.")
+    assert changed and all(k.startswith(trainable) for k in changed)
+    assert any(k.startswith("net.blocks.1.") and k.endswith("weight") for k in changed)  # reached by the feature loss
 
 
 def test_staged_model_splits_forward_and_keeps_frozen_batchnorm_in_eval_mode() -> None:
@@ -136,3 +137,18 @@ def test_feature_weight_needs_a_stage(capsys: pytest.CaptureFixture[str]) -> Non
     with pytest.raises(SystemExit):
         imagenet_training.parse_args(["--feature-weight", "1"])
     assert "--feature-weight needs --train-stages" in capsys.readouterr().err
+
+
+def test_a_state_saved_before_later_options_resumes_with_their_defaults(fake_root: Path, tmp_path: Path) -> None:
+    run(fake_root, tmp_path, "old", "--stop-at-step", "2")
+    state = torch.load(tmp_path / "old.state.pt", weights_only=True)
+    config = json.loads(state["config"])
+    for later in ("mixup", "cifar_fraction", "train_stages", "feature_weight"):
+        del config[later]
+    state["config"] = json.dumps(config)
+    torch.save(state, tmp_path / "old.state.pt")
+    assert imagenet_training.saved_config(state)["train_stages"] == 0
+    with pytest.raises(SystemExit, match="options differ"):
+        run(fake_root, tmp_path, "old", "--resume", "--mixup", "0.5")
+    run(fake_root, tmp_path, "old", "--resume")
+    assert torch.load(tmp_path / "old.state.pt", weights_only=True)["step"] == 4

@@ -9,14 +9,14 @@ match the teacher's softened prediction (``certcore.models.training.distillation
 ``--masks-per-image`` student samples. Two options widen the 800 training images into many more points at which the
 student learns the teacher's function (Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and
 consistent"): ``--mixup p`` blends a share p of the crops each with another crop of the batch (weight uniform in
-[0, 1]; teacher and student see the same blend), ``--cifar-fraction`` draws that share of each step's crops from the 50,000 CIFAR-10 training
-images of the shared data, upsampled (the teacher's soft output is the target, so they need no ImageNet label).
-``--train-stages s`` trains only the stem and the first s of the network's 7 stages; the rest stays the pretrained
-classifier (weights and BatchNorm statistics), so the student only learns to read ablated images, with far fewer
-weights to overfit. ``--feature-weight w`` adds a dense target there: w times the mean squared difference between the
-student's feature map after stage s and the clean network's on the clean image at the front end's internal
-resolution, relative to the latter's mean square. The 100 train-pool images of classes 5, 15, ..., 995 are held out for model
-selection; the 100 bundled evaluation samples are never touched here.
+[0, 1]; teacher and student see the same blend), ``--cifar-fraction`` draws that share of each step's crops from the
+50,000 CIFAR-10 training images of the shared data, upsampled (the teacher's soft output is the target, so they need
+no ImageNet label). ``--train-stages s`` trains only the stem and the first s of the network's 7 stages; the rest
+stays the pretrained classifier (weights and BatchNorm statistics), so the student only learns to read ablated
+images, with far fewer weights to overfit. ``--feature-weight w`` adds a dense target there: w times the mean squared
+difference between the student's feature map after stage s and the clean network's on the clean image at the front
+end's internal resolution, relative to the latter's mean square. The 100 train-pool images of classes 5, 15, ..., 995
+are held out for model selection; the 100 bundled evaluation samples are never touched here.
 
 Schedule: linear warm-up, then cosine decay over ``--total-steps`` to ``--min-lr-ratio`` of the peak, plus an
 exponential moving average (EMA) of the weights, so a run cut at any point still has a low-noise model to export.
@@ -43,8 +43,8 @@ from typing import Any
 
 import timm
 import torch
-from PIL import Image
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchvision.transforms.v2 import functional as TF
@@ -86,7 +86,6 @@ CONFIG_KEYS = (
     "min_lr_ratio", "ema_decay", "temperature", "distill_weight", "crop_scale", "seed", "mixup", "cifar_fraction",
     "train_stages", "feature_weight",
 )
-ADDED_LATER = {"mixup": 0.0, "cifar_fraction": 0.0, "train_stages": 0, "feature_weight": 0.0}  # options of runs saved before they existed
 
 
 @dataclass(frozen=True)
@@ -343,7 +342,7 @@ class Trainer:
 
     def load(self, state: dict[str, Any]) -> bool:
         """Continue from ``state``; returns True when the generators had to be reseeded (other device type)."""
-        saved = {**ADDED_LATER, **json.loads(state["config"])}
+        saved = saved_config(state)
         diff = {k: (saved.get(k), self.config.get(k)) for k in saved.keys() | self.config.keys()
                 if saved.get(k) != self.config.get(k) and k != "total_steps"}
         if diff:
@@ -358,6 +357,13 @@ class Trainer:
             self.history.append({"step": self.step, "total_steps": [saved["total_steps"], self.config["total_steps"]]})
         rng_restore(state["rng"])
         return restore_generators([self.aug, self.abl], state["generators"], self.seeds, self.step)
+
+
+def saved_config(state: dict[str, Any]) -> dict[str, Any]:
+    """The run options a state was saved with; an option added after the state was written reads as its default
+    (what that run did without it)."""
+    defaults = vars(parse_args([]))
+    return {**{k: defaults[k] for k in CONFIG_KEYS}, **json.loads(state["config"])}
 
 
 def read_state(path: str | Path) -> dict[str, Any]:
@@ -465,7 +471,7 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
     """Write --out from --state: of the raw weights and their EMA, each as trained and with its BatchNorm statistics
     recomputed, the one with the best held-out single-ablation accuracy, conv weights in float16."""
     state = read_state(args.state)
-    config = json.loads(state["config"])
+    config = saved_config(state)
     arch, e, repeats = config["arch"], config["e"], args.export_repeats
     ema = AveragedModel(build_imagenet_model(arch), use_buffers=True)
     ema.load_state_dict(state["ema"])
@@ -496,6 +502,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
         log(f"bundled evaluation samples, single-ablation ({repeats} masks x 100 images): "
             f"{accuracies['bundled_ablated']}")
     history = json.loads(state["history"])
+    feature_term = (f" + {config['feature_weight']} MSE(student features after stage {config['train_stages']}, "
+                    "clean network's on the clean image at the internal resolution) / mean square of the latter"
+                    if config["feature_weight"] else "")
     meta = {
         "dataset": "imagenet",
         "arch": config["arch"],
@@ -519,19 +528,16 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
                       f"snapshot at step {state['step']} of {config['total_steps']} (run unfinished)",
             "method": "distillation: teacher = clean pretrained EfficientNet-Lite0 on the augmented 224 x 224 image; "
                       "student = this model on ablations of the same image (fresh uniform e-subset per sample)",
-            "loss": "(1-w) CE(student, y) + w T^2 KL(softmax(teacher/T) || softmax(student/T))"
-                    + (f" + {config.get('feature_weight')} MSE(student features after stage {config.get('train_stages')}"
-                       ", clean network's on the clean image at the internal resolution) / mean square of the latter"
-                       if config.get("feature_weight") else ""),
-            "trained_weights": (f"stem and stages 1-{config.get('train_stages')}; the rest as pretrained"
-                                if config.get("train_stages") else "all"),
+            "loss": "(1-w) CE(student, y) + w T^2 KL(softmax(teacher/T) || softmax(student/T))" + feature_term,
+            "trained_weights": (f"stem and stages 1-{config['train_stages']}; the rest as pretrained"
+                                if config["train_stages"] else "all"),
             "optimizer": "AdamW", "schedule": "linear warm-up, cosine to min_lr_ratio at total_steps",
             "augmentation": "random resized crop 224 (area in [crop_scale, 1], aspect [3/4, 4/3]) + horizontal flip"
-                            + (f"; mixup with probability {config.get('mixup')} (blend weight uniform in [0, 1])"
-                               if config.get("mixup") else ""),
+                            + (f"; mixup with probability {config['mixup']} (blend weight uniform in [0, 1])"
+                               if config["mixup"] else ""),
             "train_data": "shared data imagenet/train_pool: the 800 images of classes not = 0 or 5 mod 10"
-                          + (f"; a {config.get('cifar_fraction')} share of each step's crops from the 50,000 CIFAR-10 "
-                             "training images (shared data, JPEG q75), upsampled" if config.get("cifar_fraction") else ""),
+                          + (f"; a {config['cifar_fraction']} share of each step's crops from the 50,000 CIFAR-10 "
+                             "training images (shared data, JPEG q75), upsampled" if config["cifar_fraction"] else ""),
             "heldout_data": "imagenet/train_pool images of classes 5, 15, ..., 995 (100), used for model selection",
             "never_used": "the 100 bundled evaluation samples (classes 0, 10, ..., 990)",
             "weights_exported": chosen_name,
