@@ -167,7 +167,9 @@ def test_anytime_shows_the_radius_grow_and_stops_with_a_valid_certificate(server
     page.wait_for_function(f"document.body.innerText.match(/After ([\\d,]+) samples/)[1].replace(/,/g, '') > "
                            f"{first}", timeout=SLOW)
     assert _live_samples(page) > first  # redrawn while sampling
-    assert page.locator("[data-testid=stProgress]").get_by_text("samples/s").count() == 1
+    rate = page.locator("[data-testid=stProgress]").get_by_text("samples/s")
+    rate.wait_for(timeout=SLOW)  # the progress element is redrawn beside the live frames: wait, then count
+    assert rate.count() == 1
     page.get_by_text("Live certificate: every frame is valid").wait_for()
     page.locator(".js-plotly-plot .main-svg").first.wait_for(timeout=SLOW)  # the live counts chart
     time.sleep(1)
