@@ -266,12 +266,16 @@ def sample_with_progress(info: CheckpointInfo, selection: Selection, p: dict[str
 
 
 def run(info: CheckpointInfo, selection: Selection, p: dict[str, Any], key: str, context: dict[str, Any],
-        complete: bool, names: list[str]) -> None:
-    """Certify the selection: the same counts again (k or alpha changed), cached counts, or fresh sampling."""
+        complete: bool, names: list[str], stored: ui.Shown | None) -> None:
+    """Certify the selection: the same counts again (k or alpha changed), the stored result, cached counts, or fresh
+    sampling."""
     last: ui.Shown | None = st.session_state.get(ui.CERTIFY_LAST)
     if last is not None and last.key == key and not complete:
         st.toast(f"Re-certified the same {last.sampled.samples:,} samples for k = {p['k']}, alpha = {p['alpha']:g}: "
                  "no new sampling.", icon=":material/bolt:")
+        return
+    if stored is not None and stored.key == key:
+        st.session_state[ui.CERTIFY_LAST] = stored
         return
     hit = ui.counts_store().get(key)
     if hit is not None:
@@ -439,7 +443,7 @@ def body() -> None:
                        "weights_sha256": info.metadata["weights_sha256"], "e": p["e"], "n": p["n"],
                        "seed": p["seed"], "device": p["device"], "batch_size": p["batch_size"],
                        "bounds": p["bounds"]}
-            run(info, selection, p, key, context, complete, names)
+            run(info, selection, p, key, context, complete, names, stored)
     result = st.session_state.get(ui.CERTIFY_LAST) or stored
     if result is None or result.context["dataset"] != dataset:
         st.info("Choose the parameters and press **Certify**.")
