@@ -18,7 +18,7 @@ counts (top label probability uniform in [0.3, 0.99], the rest Dirichlet(0.05) o
 of 100,000, then the same subsampling), labelled as such.
 
     python bench/bench_anytime_price.py [--results FILE] [--images 500] [--sizes 1000 10000 100000] [--synthetic 100]
-    python bench/bench_anytime_price.py --results results/imagenet_effnetlite0_e1000_n1000.jsonl \
+    python bench/bench_anytime_price.py --results results/imagenet_effnetlite0_e1000_s5feat3_n1000.jsonl \
         --sizes 100 300 1000 --synthetic 0
 """
 
