@@ -27,7 +27,7 @@ from certcore.evaluation.results import (
     record_line,
     scan_results,
 )
-from certcore.evaluation.summarize import write_summary
+from certcore.evaluation.summarize import png_bytes, write_summary
 from certcore.math.radius import certify_counts
 
 D, E, ALPHA = 1024, 50, 0.001
@@ -169,6 +169,28 @@ def test_png_without_a_browser_says_what_to_install(handmade: Path, monkeypatch:
     with pytest.warns(UserWarning, match="PNG export skipped: .*apt-get install chromium.*BROWSER_PATH"):
         written = write_summary(handmade, r_max=5, prefix=handmade.parent / "fig")
     assert "png" not in written and written["html"].exists()
+
+
+def test_png_export_tries_again_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed kaleido export (a page-load race on a loaded machine) is tried once more; a second failure is raised."""
+    import plotly.graph_objects as go
+
+    outcomes = [RuntimeError("ReferenceError: kaleido_scopes is not defined"), b"\x89PNG drawn"]
+    calls = []
+
+    def to_image(self, **kwargs):
+        calls.append(kwargs)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    monkeypatch.setattr(go.Figure, "to_image", to_image)
+    assert png_bytes(go.Figure()) == b"\x89PNG drawn" and len(calls) == 2
+    outcomes[:] = [RuntimeError("first"), RuntimeError("second"), b"never reached"]
+    with pytest.raises(RuntimeError, match="second"):
+        png_bytes(go.Figure())
+    assert len(outcomes) == 1
 
 
 def test_paper_tables() -> None:

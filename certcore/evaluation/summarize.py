@@ -115,13 +115,26 @@ def figure_files(fig: go.Figure, png: bool = True) -> dict[str, str | bytes]:
     contents: dict[str, str | bytes] = {"html": fig.to_html(include_plotlyjs=True, full_html=True)}
     if png:
         try:
-            contents["png"] = fig.to_image(format="png", scale=2)
+            contents["png"] = png_bytes(fig)
         except Exception as exc:  # kaleido fails in many ways when no Chrome/Chromium can be started
             reason = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             warnings.warn(f"PNG export skipped: {reason} kaleido (requirements.txt) draws the PNG with a local "
                           "Chrome or Chromium: install one (Debian/Ubuntu: apt-get install chromium) or set "
                           "BROWSER_PATH to its executable; --no-png skips the PNG", stacklevel=3)
     return contents
+
+
+def png_bytes(fig: go.Figure, attempts: int = 2) -> bytes:
+    """``fig`` as a PNG through kaleido, tried up to ``attempts`` times: on a loaded machine kaleido can query its page
+    before the page's script has loaded (``ReferenceError: kaleido_scopes is not defined``, seen in a CI run), and
+    each try starts a fresh browser. The last failure is raised."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fig.to_image(format="png", scale=2)
+        except Exception:
+            if attempt == attempts:
+                raise
+    raise ValueError(f"attempts must be >= 1; got {attempts}")
 
 
 def write_files(prefix: str | Path, contents: dict[str, str | bytes]) -> dict[str, Path]:
