@@ -48,6 +48,10 @@ def test_selecting_imagenet_shows_the_stored_certificate(imagenet_checkpoint, sa
     weights = list_checkpoints(imagenet_checkpoint.parent)[-1].metadata["weights_sha256"]
     # a stored result of another checkpoint (the file was replaced) is shown with a note, as for CIFAR10
     assert ("The inputs above changed" in texts(at)) == (weights != stored.weights_sha256)
+    counts = chart(at, 0)["data"][0]
+    assert len(counts["x"]) == 21 and counts["x"][0] == "fiddler crab ★"  # the top 20 labels by name, then the rest
+    assert re.fullmatch(r"all \d+ others", counts["x"][-1])
+    assert len(at.dataframe[1].value) == 20  # the bounds table: the top 20 labels, not 1,000 rows
 
 
 def test_a_link_to_imagenet_shows_the_stored_certificate_as_stored(imagenet_checkpoint, sampling_calls):
@@ -57,10 +61,6 @@ def test_a_link_to_imagenet_shows_the_stored_certificate_as_stored(imagenet_chec
     assert sampling_calls == []
     assert "stored result (certcore/default_certificate_imagenet.json)" in texts(at)
     assert "counts reused" not in texts(at)
-    counts = chart(at, 0)["data"][0]
-    assert len(counts["x"]) == 21 and counts["x"][0] == "fiddler crab ★"  # the top 20 labels by name, then the rest
-    assert re.fullmatch(r"all \d+ others", counts["x"][-1])
-    assert len(at.dataframe[1].value) == 20  # the bounds table: the top 20 labels, not 1,000 rows
 
 
 def test_a_tiny_imagenet_run_and_what_if_from_its_counts(imagenet_checkpoint, sampling_calls):
