@@ -124,17 +124,14 @@ def figure_files(fig: go.Figure, png: bool = True) -> dict[str, str | bytes]:
     return contents
 
 
-def png_bytes(fig: go.Figure, attempts: int = 2) -> bytes:
-    """``fig`` as a PNG through kaleido, tried up to ``attempts`` times: on a loaded machine kaleido can query its page
-    before the page's script has loaded (``ReferenceError: kaleido_scopes is not defined``, seen in a CI run), and
-    each try starts a fresh browser. The last failure is raised."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return fig.to_image(format="png", scale=2)
-        except Exception:
-            if attempt == attempts:
-                raise
-    raise ValueError(f"attempts must be >= 1; got {attempts}")
+def png_bytes(fig: go.Figure) -> bytes:
+    """``fig`` as a PNG through kaleido, tried a second time if the first try fails: on a loaded machine kaleido can
+    query its page before the page's script has loaded (``ReferenceError: kaleido_scopes is not defined``, seen in a CI
+    run), and each try starts a fresh browser. A second failure is raised."""
+    try:
+        return fig.to_image(format="png", scale=2)
+    except Exception:
+        return fig.to_image(format="png", scale=2)
 
 
 def write_files(prefix: str | Path, contents: dict[str, str | bytes]) -> dict[str, Path]:
