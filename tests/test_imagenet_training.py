@@ -103,6 +103,28 @@ def test_crops_take_the_cifar_share_and_mix_them(fake_root: Path) -> None:
     assert torch.all(plain[2:] == 0) and not torch.all(x[2:] == 0)  # black CIFAR stand-ins, brightened by mixing
 
 
+def test_trivial_augment_is_seeded_by_the_generator_and_leaves_global_randomness_alone() -> None:
+    x = torch.rand(6, 3, 32, 32).mul(255).round().div(255)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    a = imagenet_training.trivial_augment(x, torch.Generator().manual_seed(7))
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(a, imagenet_training.trivial_augment(x, torch.Generator().manual_seed(7)))
+    assert a.shape == x.shape and a.dtype == x.dtype and 0 <= a.min() and a.max() <= 1
+    others = [imagenet_training.trivial_augment(x, torch.Generator().manual_seed(s)) for s in range(8, 11)]
+    assert any(not torch.equal(a, b) for b in others)
+    assert sum(not torch.equal(a[i], x[i]) for i in range(len(x))) >= 1  # some images were changed
+
+
+def test_augment_option_is_recorded_and_resumes(fake_root: Path, tmp_path: Path) -> None:
+    run(fake_root, tmp_path, "aug", "--augment", "trivialaugment", "--stop-at-step", "2")
+    with pytest.raises(SystemExit, match="options differ"):
+        run(fake_root, tmp_path, "aug", "--resume")
+    run(fake_root, tmp_path, "aug", "--resume", "--augment", "trivialaugment")
+    _, meta = load_checkpoint(tmp_path / "aug.pt", dataset="imagenet", e=1000)
+    assert meta["training"]["augment"] == "trivialaugment" and "TrivialAugmentWide" in meta["training"]["augmentation"]
+
+
 @pytest.mark.parametrize("option", [["--mixup", "0.5"], ["--cifar-fraction", "0.25"]])
 def test_mixing_options_need_pure_distillation(option: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
@@ -143,7 +165,7 @@ def test_a_state_saved_before_later_options_resumes_with_their_defaults(fake_roo
     run(fake_root, tmp_path, "old", "--stop-at-step", "2")
     state = torch.load(tmp_path / "old.state.pt", weights_only=True)
     config = json.loads(state["config"])
-    for later in ("mixup", "cifar_fraction", "train_stages", "feature_weight"):
+    for later in ("mixup", "cifar_fraction", "train_stages", "feature_weight", "augment"):
         del config[later]
     state["config"] = json.dumps(config)
     torch.save(state, tmp_path / "old.state.pt")

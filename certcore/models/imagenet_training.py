@@ -6,16 +6,17 @@ per class whose index is not a multiple of 10). The clean pretrained network is 
 resized, cropped and flipped 224 x 224 image; the student (``certcore.models.imagenet``, initialised from the same
 weights) sees ablations of that same image, e of the 50,176 pixels kept, a fresh mask every time, and learns to
 match the teacher's softened prediction (``certcore.models.training.distillation_loss``). Each teacher forward serves
-``--masks-per-image`` student samples. Two options widen the 800 training images into many more points at which the
+``--masks-per-image`` student samples. Three options widen the 800 training images into many more points at which the
 student learns the teacher's function (Beyer et al. 2022, "Knowledge distillation: a good teacher is patient and
-consistent"): ``--mixup p`` blends a share p of the crops each with another crop of the batch (weight uniform in
-[0, 1]; teacher and student see the same blend), ``--cifar-fraction`` draws that share of each step's crops from the
-50,000 CIFAR-10 training images of the shared data, upsampled (the teacher's soft output is the target, so they need
-no ImageNet label). ``--train-stages s`` trains only the stem and the first s of the network's 7 stages; the rest
-stays the pretrained classifier (weights and BatchNorm statistics), so the student only learns to read ablated
-images, with far fewer weights to overfit. ``--feature-weight w`` adds a dense target there: w times the mean squared
-difference between the student's feature map after stage s and the clean network's on the clean image at the front
-end's internal resolution, relative to the latter's mean square. The 100 train-pool images of classes 5, 15, ..., 995
+consistent"): ``--mixup p`` blends a share p of the crops each with another crop of the batch (weight uniform in [0, 1];
+teacher and student see the same blend), ``--augment trivialaugment`` gives each crop one random colour or geometric
+operation first (torchvision's TrivialAugmentWide), ``--cifar-fraction`` draws that share of each step's crops from the
+50,000 CIFAR-10 training images of the shared data, upsampled (the teacher's soft output is the target, so they need no
+ImageNet label). ``--train-stages s`` trains only the stem and the first s of the network's 7 stages; the rest stays the
+pretrained classifier (weights and BatchNorm statistics), so the student only learns to read ablated images, with far
+fewer weights to overfit. ``--feature-weight w`` adds a dense target there: w times the mean squared difference between
+the student's feature map after stage s and the clean network's on the clean image at the front end's internal
+resolution, relative to the latter's mean square. The 100 train-pool images of classes 5, 15, ..., 995
 are held out for model selection; the 100 bundled evaluation samples are never touched here.
 
 Schedule: linear warm-up, then cosine decay over ``--total-steps`` to ``--min-lr-ratio`` of the peak, plus an
@@ -47,6 +48,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from certcore.engine.ablation import ablate
@@ -84,7 +86,7 @@ EVAL_SEED = 20220425
 CONFIG_KEYS = (
     "arch", "e", "images_per_step", "masks_per_image", "lr", "weight_decay", "warmup_steps", "total_steps",
     "min_lr_ratio", "ema_decay", "temperature", "distill_weight", "crop_scale", "seed", "mixup", "cifar_fraction",
-    "train_stages", "feature_weight",
+    "train_stages", "feature_weight", "augment",
 )
 
 
@@ -126,6 +128,18 @@ def mix(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     perm = torch.randperm(len(x), generator=generator)
     lam = torch.rand(len(x), 1, 1, 1, generator=generator)
     return lam * x + (1 - lam) * x[perm]
+
+
+def trivial_augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """torchvision's TrivialAugmentWide applied to each image of ``x`` (float in [0, 1], made from uint8 crops):
+    one random colour or geometric operation of random strength per image. Its randomness is drawn from
+    ``generator`` (through a seed for a forked global generator, which TrivialAugmentWide uses)."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    op = v2.TrivialAugmentWide()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        images = x.mul(255).round_().to(torch.uint8)
+        return torch.stack([op(image) for image in images]).float().div_(255)
 
 
 def heldout_images(pool: Pool) -> torch.Tensor:
@@ -211,6 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the feature-map loss after stage --train-stages (needs --train-stages)")
     p.add_argument("--cifar-fraction", type=float, default=0.0,
                    help="share of each step's crops taken from the CIFAR-10 training images (needs --distill-weight 1)")
+    p.add_argument("--augment", choices=("none", "trivialaugment"), default="none",
+                   help="extra augmentation of each crop before mixup (teacher and student see the same image)")
     p.add_argument("--data-root", default=None,
                    help="shared data folder (default: CERTCORE_SHARED_DATA or ../shared/data)")
     p.add_argument("--state", default="checkpoints/state/imagenet_effnetlite0_e1000.state.pt")
@@ -283,12 +299,15 @@ class Trainer:
         self.config = {k: getattr(args, k) for k in CONFIG_KEYS}
 
     def crops(self, pool: Pool, extra: Pool | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """This step's augmented images: crops of ``pool`` and (``--cifar-fraction``) of ``extra``, then mixup."""
+        """This step's augmented images: crops of ``pool`` and (``--cifar-fraction``) of ``extra``, then
+        (``--augment``) TrivialAugmentWide, then mixup."""
         a = self.args
         n_extra = round(a.images_per_step * a.cifar_fraction) if extra is not None else 0
         parts = [random_resized_crops(p, n, (a.crop_scale, 1.0), self.aug)
                  for p, n in ((pool, a.images_per_step - n_extra), (extra, n_extra)) if n > 0]
         x, y = torch.cat([x for x, _ in parts]), torch.cat([y for _, y in parts])
+        if a.augment == "trivialaugment":
+            x = trivial_augment(x, self.aug)
         if a.mixup:
             blend = torch.rand(len(x), generator=self.aug) < a.mixup
             x = torch.where(blend[:, None, None, None], mix(x, self.aug), x)
@@ -534,7 +553,9 @@ def export(args: argparse.Namespace) -> dict[str, Any]:
             "optimizer": "AdamW", "schedule": "linear warm-up, cosine to min_lr_ratio at total_steps",
             "augmentation": "random resized crop 224 (area in [crop_scale, 1], aspect [3/4, 4/3]) + horizontal flip"
                             + (f"; mixup with probability {config['mixup']} (blend weight uniform in [0, 1])"
-                               if config["mixup"] else ""),
+                               if config["mixup"] else "")
+                            + ("; torchvision TrivialAugmentWide on each crop, before mixup"
+                               if config["augment"] == "trivialaugment" else ""),
             "train_data": "shared data imagenet/train_pool: the 800 images of classes not = 0 or 5 mod 10"
                           + (f"; a {config['cifar_fraction']} share of each step's crops from the 50,000 CIFAR-10 "
                              "training images (shared data, JPEG q75), upsampled" if config["cifar_fraction"] else ""),
