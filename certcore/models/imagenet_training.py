@@ -16,8 +16,8 @@ ImageNet label). ``--train-stages s`` trains only the stem and the first s of th
 pretrained classifier (weights and BatchNorm statistics), so the student only learns to read ablated images, with far
 fewer weights to overfit. ``--feature-weight w`` adds a dense target there: w times the mean squared difference between
 the student's feature map after stage s and the clean network's on the clean image at the front end's internal
-resolution, relative to the latter's mean square. The 100 train-pool images of classes 5, 15, ..., 995
-are held out for model selection; the 100 bundled evaluation samples are never touched here.
+resolution, relative to the latter's mean square. The 100 train-pool images of classes 5, 15, ..., 995 are held out for
+model selection; the 100 bundled evaluation samples are never touched here.
 
 Schedule: linear warm-up, then cosine decay over ``--total-steps`` to ``--min-lr-ratio`` of the peak, plus an
 exponential moving average (EMA) of the weights, so a run cut at any point still has a low-noise model to export.
